@@ -1,0 +1,5 @@
+//! The command line (DESIGN.md §9).
+
+pub fn main() -> i32 {
+    0
+}

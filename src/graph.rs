@@ -1,0 +1,263 @@
+//! The build graph (DESIGN.md §3), built from ttv.yaml alone before any work starts. Nodes are
+//! created in data-flow order, so their index order is a topological order.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crate::error::UsageError;
+use crate::project::{KeyframePosition, Project, Transition, VideoMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRole {
+    Start,
+    End,
+}
+
+impl FrameRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameRole::Start => "start",
+            FrameRole::End => "end",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    /// A reference image generated from the first shot's start prompt (no references given).
+    AutoReference {
+        shot: usize,
+    },
+    Frame {
+        shot: usize,
+        role: FrameRole,
+        /// The frame to edit (previous frame in the chain), when `chain` is on.
+        input: Option<usize>,
+        /// `reference/auto`, when it fired.
+        auto_reference: Option<usize>,
+    },
+    Segment {
+        shot: usize,
+        /// Sent as the first frame (`image`).
+        first: Option<usize>,
+        /// Sent as the last frame (`lastFrame`, first-last mode).
+        last: Option<usize>,
+    },
+    Final {
+        segments: Vec<usize>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node id of the CLI contract (`frame/arrival/end`).
+    pub id: String,
+    pub kind: NodeKind,
+    /// Indices of the nodes whose outputs this one consumes.
+    pub deps: Vec<usize>,
+    /// Where the output is materialized, relative to build/.
+    pub output: PathBuf,
+}
+
+impl Node {
+    /// `frame`, `segment`, `final` or `reference`: the `kind` field of the JSON output.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            NodeKind::AutoReference { .. } => "reference",
+            NodeKind::Frame { .. } => "frame",
+            NodeKind::Segment { .. } => "segment",
+            NodeKind::Final { .. } => "final",
+        }
+    }
+
+    /// The shot this node belongs to, if any.
+    pub fn shot(&self) -> Option<usize> {
+        match self.kind {
+            NodeKind::Frame { shot, .. } | NodeKind::Segment { shot, .. } => Some(shot),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn from_project(project: &Project) -> Graph {
+        let cfg = &project.config;
+        let mut nodes: Vec<Node> = Vec::new();
+        let auto_reference = if project.references.is_empty()
+            && cfg.keyframes.auto_reference
+            && cfg.shots.first().is_some_and(|s| s.start.is_some())
+        {
+            nodes.push(Node {
+                id: "reference/auto".into(),
+                kind: NodeKind::AutoReference { shot: 0 },
+                deps: vec![],
+                output: PathBuf::from("references/auto.png"),
+            });
+            Some(0)
+        } else {
+            None
+        };
+        let mut prev_end: Option<usize> = None;
+        let mut segments = Vec::new();
+        for (i, shot) in cfg.shots.iter().enumerate() {
+            let number = i + 1;
+            let start = if i == 0 || shot.transition == Transition::Cut || prev_end.is_none() {
+                let deps = auto_reference
+                    .filter(|_| shot.start_image.is_none())
+                    .into_iter()
+                    .collect();
+                nodes.push(Node {
+                    id: format!("frame/{}/start", shot.id),
+                    kind: NodeKind::Frame {
+                        shot: i,
+                        role: FrameRole::Start,
+                        input: None,
+                        auto_reference: if shot.start_image.is_none() {
+                            auto_reference
+                        } else {
+                            None
+                        },
+                    },
+                    deps,
+                    output: PathBuf::from(format!("frames/{number:03}-{}-start.png", shot.id)),
+                });
+                nodes.len() - 1
+            } else {
+                prev_end.expect("checked above")
+            };
+            let input = cfg.keyframes.chain.then_some(start);
+            let mut deps: Vec<usize> = input.into_iter().chain(auto_reference).collect();
+            deps.dedup();
+            nodes.push(Node {
+                id: format!("frame/{}/end", shot.id),
+                kind: NodeKind::Frame {
+                    shot: i,
+                    role: FrameRole::End,
+                    input,
+                    auto_reference,
+                },
+                deps,
+                output: PathBuf::from(format!("frames/{number:03}-{}-end.png", shot.id)),
+            });
+            let end = nodes.len() - 1;
+            let (first, last) = match (cfg.video.mode, cfg.video.keyframe_position) {
+                (VideoMode::FirstLast, _) => (Some(start), Some(end)),
+                (VideoMode::Single, KeyframePosition::Last) => (Some(end), None),
+                (VideoMode::Single, _) => (Some(start), None),
+            };
+            nodes.push(Node {
+                id: format!("segment/{}", shot.id),
+                kind: NodeKind::Segment {
+                    shot: i,
+                    first,
+                    last,
+                },
+                deps: first.into_iter().chain(last).collect(),
+                output: PathBuf::from(format!("segments/{number:03}-{}.mp4", shot.id)),
+            });
+            segments.push(nodes.len() - 1);
+            prev_end = Some(end);
+        }
+        if let Some(f) = &cfg.final_ {
+            nodes.push(Node {
+                id: "final".into(),
+                kind: NodeKind::Final {
+                    segments: segments.clone(),
+                },
+                deps: segments,
+                output: PathBuf::from(&f.output),
+            });
+        }
+        Graph { nodes }
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// The nodes a build of `targets` needs, sorted (so in data-flow order). No targets means
+    /// the default: every segment and the final video.
+    pub fn select(&self, project: &Project, targets: &[String]) -> Result<Vec<usize>, UsageError> {
+        let mut roots = BTreeSet::new();
+        if targets.is_empty() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if matches!(n.kind, NodeKind::Segment { .. } | NodeKind::Final { .. }) {
+                    roots.insert(i);
+                }
+            }
+        }
+        for t in targets {
+            roots.extend(self.resolve_target(project, t)?);
+        }
+        let mut needed = BTreeSet::new();
+        let mut stack: Vec<usize> = roots.into_iter().collect();
+        while let Some(i) = stack.pop() {
+            if needed.insert(i) {
+                stack.extend(&self.nodes[i].deps);
+            }
+        }
+        Ok(needed.into_iter().collect())
+    }
+
+    /// A node id, a shot id (all its nodes), or a group (`frames`, `segments`, `final`).
+    pub fn resolve_target(
+        &self,
+        project: &Project,
+        target: &str,
+    ) -> Result<Vec<usize>, UsageError> {
+        let all = |f: &dyn Fn(&Node) -> bool| -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|&i| f(&self.nodes[i]))
+                .collect()
+        };
+        let found = match target {
+            "frames" => all(&|n| {
+                matches!(
+                    n.kind,
+                    NodeKind::Frame { .. } | NodeKind::AutoReference { .. }
+                )
+            }),
+            "segments" => all(&|n| matches!(n.kind, NodeKind::Segment { .. })),
+            _ => {
+                if let Some(i) = self.index_of(target) {
+                    vec![i]
+                } else if let Some(s) = project.config.shots.iter().position(|s| s.id == target) {
+                    all(&|n| n.shot() == Some(s))
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        if found.is_empty() {
+            let mut names: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+            names.extend(project.config.shots.iter().map(|s| s.id.as_str()));
+            names.extend(["frames", "segments"]);
+            let suggestion = names
+                .iter()
+                .map(|n| (strsim::jaro_winkler(n, target), *n))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            let hint = if target == "final" {
+                " ttv.yaml has no `final:` section.".to_string()
+            } else {
+                String::new()
+            };
+            return Err(UsageError::new(format!(
+                "unknown target `{target}`{suggestion}.{hint} Targets are node ids (`ttv plan` lists them), shot ids, or the groups frames, segments, final"
+            )));
+        }
+        Ok(found)
+    }
+
+    /// Indices of the nodes that consume `i`'s output.
+    pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(move |&j| self.nodes[j].deps.contains(&i))
+    }
+}

@@ -1,0 +1,19 @@
+//! ttv: a make-like, content-addressed caching build tool for AI video.
+//!
+//! Data flows one way: [`project`] (ttv.yaml) -> [`graph`] -> [`recipe`] (keys) ->
+//! [`store`] lookups -> [`build`] (scheduler) -> [`backends`] -> [`store`] ->
+//! [`materialize`] (build/ outputs).
+
+pub mod backends;
+pub mod build;
+pub mod cli;
+pub mod error;
+pub mod filehash;
+pub mod graph;
+pub mod materialize;
+pub mod prices;
+pub mod progress;
+pub mod project;
+pub mod recipe;
+pub mod stitch;
+pub mod store;

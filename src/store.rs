@@ -1,0 +1,562 @@
+//! The cache (DESIGN.md §6): content-addressed blobs under `.ttv/objects`, and the SQLite action
+//! index (`.ttv/ttv.db`, WAL). A paid result is made durable (blob fsynced and renamed, then the
+//! row committed) before anything else happens to it.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::backends::OperationLog;
+
+const SCHEMA_VERSION: i64 = 1;
+const SIGNATURE: &str = "ttv cache";
+
+const SCHEMA: &str = "
+CREATE TABLE schema_version(signature TEXT NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE blobs(
+    hash TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE actions(
+    key TEXT PRIMARY KEY, base_key TEXT NOT NULL, node_kind TEXT NOT NULL, node_id TEXT NOT NULL,
+    recipe_json TEXT NOT NULL, blob TEXT NOT NULL, media_type TEXT NOT NULL, backend TEXT NOT NULL,
+    model TEXT NOT NULL, created_at INTEGER NOT NULL, gen_ms INTEGER NOT NULL,
+    cost_usd REAL NOT NULL, take INTEGER NOT NULL);
+CREATE INDEX actions_by_base ON actions(base_key, take);
+CREATE TABLE nodes(node_id TEXT PRIMARY KEY, key TEXT NOT NULL, built_at INTEGER NOT NULL);
+CREATE TABLE file_hashes(
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    hash TEXT NOT NULL, checked_at INTEGER NOT NULL);
+CREATE TABLE operations(
+    key TEXT PRIMARY KEY, backend TEXT NOT NULL, operation_name TEXT NOT NULL,
+    submitted_at INTEGER NOT NULL);
+CREATE TABLE builds(
+    id INTEGER PRIMARY KEY, started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
+    generated INTEGER NOT NULL, cached INTEGER NOT NULL, failed INTEGER NOT NULL,
+    cost_usd REAL NOT NULL, saved_usd REAL NOT NULL);
+";
+
+/// Seconds since the epoch.
+pub fn now_secs() -> i64 {
+    now_ns() / 1_000_000_000
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A finished generation (or derivation) recorded under its cache key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub key: String,
+    pub base_key: String,
+    pub node_kind: String,
+    pub node_id: String,
+    pub recipe_json: String,
+    pub blob: String,
+    pub media_type: String,
+    /// Who made it (`preview`, `veo (vertex)`, ...): with fallbacks, not always the configured one.
+    pub backend: String,
+    pub model: String,
+    pub created_at: i64,
+    pub gen_ms: i64,
+    pub cost_usd: f64,
+    pub take: u32,
+}
+
+/// A stat-cache row: the hash of a file as it was when last read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStat {
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub inode: i64,
+    pub hash: String,
+    pub checked_at: i64,
+}
+
+/// Totals of one build, kept for history.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRecord {
+    pub started_at: i64,
+    pub generated: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
+}
+
+/// Content-addressed blobs by blake3 hash. The local folder today; a remote tier (S3/GCS)
+/// later sits behind the same calls.
+pub trait BlobStore: Send + Sync {
+    /// Moves a finished temp file in: hashes it, fsyncs, renames. Returns the hash and size.
+    fn put_file(&self, tmp: tempfile::TempPath) -> Result<(String, u64)>;
+    fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)>;
+    /// The blob's path, if it is present with the expected size (a cheap check).
+    fn get(&self, hash: &str, size: u64) -> Option<PathBuf>;
+    /// Re-hashes a blob: true when its bytes match its name.
+    fn verify(&self, hash: &str) -> Result<bool>;
+}
+
+/// The local blob folder, `.ttv/objects/ab/cdef...`.
+pub struct LocalBlobs {
+    objects: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalBlobs {
+    pub fn path_of(&self, hash: &str) -> PathBuf {
+        self.objects.join(&hash[..2]).join(&hash[2..])
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn install(&self, tmp: tempfile::TempPath, hash: &str) -> Result<()> {
+        let dest = self.path_of(hash);
+        if dest.exists() {
+            // Same name, same bytes: the temp copy is simply dropped (and deleted).
+            return Ok(());
+        }
+        let dir = dest.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut perms = fs::metadata(&tmp)?.permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(&tmp, perms)?;
+        tmp.persist(&dest)
+            .with_context(|| format!("moving a new blob to {}", dest.display()))?;
+        File::open(dir).and_then(|d| d.sync_all()).ok();
+        Ok(())
+    }
+}
+
+/// blake3 of a file's bytes, streamed.
+pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+impl BlobStore for LocalBlobs {
+    fn put_file(&self, tmp: tempfile::TempPath) -> Result<(String, u64)> {
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        let (hash, size) = hash_file(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
+        self.install(tmp, &hash)?;
+        Ok((hash, size))
+    }
+
+    fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        if self.get(&hash, bytes.len() as u64).is_some() {
+            return Ok((hash, bytes.len() as u64));
+        }
+        let mut f = tempfile::NamedTempFile::new_in(&self.tmp)
+            .with_context(|| format!("creating a temp file in {}", self.tmp.display()))?;
+        f.write_all(bytes)
+            .and_then(|_| f.as_file().sync_all())
+            .with_context(|| format!("writing a new blob to {}", self.tmp.display()))?;
+        self.install(f.into_temp_path(), &hash)?;
+        Ok((hash, bytes.len() as u64))
+    }
+
+    fn get(&self, hash: &str, size: u64) -> Option<PathBuf> {
+        let p = self.path_of(hash);
+        match fs::metadata(&p) {
+            Ok(m) if m.len() == size => Some(p),
+            _ => None,
+        }
+    }
+
+    fn verify(&self, hash: &str) -> Result<bool> {
+        match hash_file(&self.path_of(hash)) {
+            Ok((h, _)) => Ok(h == hash),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).context("reading a blob"),
+        }
+    }
+}
+
+/// The action index and the rest of the SQLite state.
+pub struct Store {
+    pub dir: PathBuf,
+    pub blobs: LocalBlobs,
+    db: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache in `dir` (the project's `.ttv`).
+    pub fn open(dir: &Path) -> Result<Store> {
+        let objects = dir.join("objects");
+        let tmp = dir.join("tmp");
+        for d in [dir, &objects, &tmp] {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let db_path = dir.join("ttv.db");
+        let conn = Connection::open(&db_path)
+            .with_context(|| format!("opening the cache database {}", db_path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&conn).with_context(|| format!("in {}", db_path.display()))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            blobs: LocalBlobs { objects, tmp },
+            db: Mutex::new(conn),
+        })
+    }
+
+    /// Opens the cache if the project has one (read-only commands must not create it).
+    pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
+        if dir.join("ttv.db").exists() {
+            Store::open(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn action(&self, key: &str) -> Result<Option<Action>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT * FROM actions WHERE key = ?1")?;
+        Ok(st.query_row([key], action_from_row).optional()?)
+    }
+
+    /// Every take recorded for a base key, oldest first.
+    pub fn takes(&self, base_key: &str) -> Result<Vec<Action>> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare_cached("SELECT * FROM actions WHERE base_key = ?1 ORDER BY take")?;
+        let rows = st.query_map([base_key], action_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every action ever recorded for a node id, oldest first (all recipes, all takes).
+    pub fn actions_of_node(&self, node_id: &str) -> Result<Vec<Action>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached("SELECT * FROM actions WHERE node_id = ?1 ORDER BY created_at, take")?;
+        let rows = st.query_map([node_id], action_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The highest take recorded for a base key.
+    pub fn latest_take(&self, base_key: &str) -> Result<Option<Action>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT * FROM actions WHERE base_key = ?1 ORDER BY take DESC LIMIT 1",
+        )?;
+        Ok(st.query_row([base_key], action_from_row).optional()?)
+    }
+
+    /// Records a result whose blob is already in place (so a crash between the two leaves at
+    /// worst an unreferenced blob, never a row without its bytes).
+    pub fn record_action(&self, a: &Action, blob_size: u64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs(hash, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![a.blob, blob_size as i64, a.media_type, a.created_at],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO actions(key, base_key, node_kind, node_id, recipe_json, blob,
+                media_type, backend, model, created_at, gen_ms, cost_usd, take)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                a.key,
+                a.base_key,
+                a.node_kind,
+                a.node_id,
+                a.recipe_json,
+                a.blob,
+                a.media_type,
+                a.backend,
+                a.model,
+                a.created_at,
+                a.gen_ms,
+                a.cost_usd,
+                a.take
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn blob_size(&self, hash: &str) -> Result<Option<u64>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT size FROM blobs WHERE hash = ?1")?;
+        Ok(st
+            .query_row([hash], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64))
+    }
+
+    /// The key each node had at its last build: what `explain` compares against.
+    pub fn node_keys(&self) -> Result<HashMap<String, String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT node_id, key FROM nodes")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_node_keys(&self, entries: &[(String, String)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO nodes(node_id, key, built_at) VALUES (?1, ?2, ?3)",
+            )?;
+            let now = now_secs();
+            for (id, key) in entries {
+                st.execute(params![id, key, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn file_stats(&self) -> Result<HashMap<String, FileStat>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT path, size, mtime_ns, inode, hash, checked_at FROM file_hashes",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                FileStat {
+                    size: r.get(1)?,
+                    mtime_ns: r.get(2)?,
+                    inode: r.get(3)?,
+                    hash: r.get(4)?,
+                    checked_at: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn put_file_stats(&self, entries: &[(String, FileStat)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, inode, hash, checked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (p, s) in entries {
+                st.execute(params![
+                    p,
+                    s.size,
+                    s.mtime_ns,
+                    s.inode,
+                    s.hash,
+                    s.checked_at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn record_build(&self, b: &BuildRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO builds(started_at, finished_at, generated, cached, failed, cost_usd, saved_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                b.started_at,
+                now_secs(),
+                b.generated as i64,
+                b.cached as i64,
+                b.failed as i64,
+                b.cost_usd,
+                b.saved_usd
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Number of paid generations recorded, and what they cost.
+    pub fn paid_generations(&self) -> Result<(usize, f64)> {
+        let conn = self.conn();
+        let (n, cost): (i64, f64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM actions WHERE node_kind IN ('frame', 'segment', 'reference')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as usize, cost))
+    }
+
+    /// Every action, for gc and verify.
+    pub fn all_actions(&self) -> Result<Vec<Action>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT * FROM actions")?;
+        let rows = st.query_map([], action_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn all_blobs(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT hash, size FROM blobs")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Drops the given actions, and the blobs no remaining action references.
+    pub fn delete_actions(&self, keys: &[String]) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for k in keys {
+            tx.execute("DELETE FROM actions WHERE key = ?1", [k])?;
+        }
+        let orphans: Vec<String> = {
+            let mut st =
+                tx.prepare("SELECT hash FROM blobs WHERE hash NOT IN (SELECT blob FROM actions)")?;
+            st.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for h in &orphans {
+            tx.execute("DELETE FROM blobs WHERE hash = ?1", [h])?;
+        }
+        tx.commit()?;
+        Ok(orphans)
+    }
+}
+
+fn action_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Action> {
+    Ok(Action {
+        key: r.get("key")?,
+        base_key: r.get("base_key")?,
+        node_kind: r.get("node_kind")?,
+        node_id: r.get("node_id")?,
+        recipe_json: r.get("recipe_json")?,
+        blob: r.get("blob")?,
+        media_type: r.get("media_type")?,
+        backend: r.get("backend")?,
+        model: r.get("model")?,
+        created_at: r.get("created_at")?,
+        gen_ms: r.get("gen_ms")?,
+        cost_usd: r.get("cost_usd")?,
+        take: r.get("take")?,
+    })
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_table: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO schema_version(signature, version) VALUES (?1, ?2)",
+            params![SIGNATURE, SCHEMA_VERSION],
+        )?;
+        tx.commit()?;
+        return Ok(());
+    }
+    let (sig, version): (String, i64) =
+        conn.query_row("SELECT signature, version FROM schema_version", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if sig != SIGNATURE {
+        bail!("not a ttv cache (signature `{sig}`): move .ttv/ aside and build again");
+    }
+    if version > SCHEMA_VERSION {
+        bail!(
+            "the cache was written by a newer ttv (schema {version}, this ttv knows {SCHEMA_VERSION}): upgrade ttv"
+        );
+    }
+    Ok(())
+}
+
+impl OperationLog for Store {
+    fn pending(&self, key: &str, backend: &str) -> Option<String> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached("SELECT operation_name FROM operations WHERE key = ?1 AND backend = ?2")
+            .ok()?;
+        st.query_row([key, backend], |r| r.get(0)).optional().ok()?
+    }
+
+    fn record(&self, key: &str, backend: &str, operation_name: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![key, backend, operation_name, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    fn clear(&self, key: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM operations WHERE key = ?1", [key])?;
+        Ok(())
+    }
+}
+
+/// The exclusive per-project build lock (`.ttv/lock`). Held until dropped.
+pub struct BuildLock {
+    _file: File,
+}
+
+impl BuildLock {
+    /// Takes the lock; when another build holds it, `on_wait` is called once and this waits,
+    /// unless `wait` is false, in which case it fails at once.
+    pub fn acquire(dir: &Path, wait: bool, on_wait: impl FnOnce()) -> Result<BuildLock> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                if !wait {
+                    bail!(
+                        "another ttv build is running in this project (it holds {}); run again when it ends, or drop --no-wait to wait for it",
+                        path.display()
+                    );
+                }
+                on_wait();
+                file.lock()
+                    .with_context(|| format!("waiting for {}", path.display()))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        Ok(BuildLock { _file: file })
+    }
+}

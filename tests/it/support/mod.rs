@@ -1,0 +1,2 @@
+pub mod fake_google;
+pub mod project;
