@@ -1,26 +1,445 @@
 //! The final video: ffmpeg's concat demuxer, stream copy when every segment shares codec
 //! parameters, a re-encode otherwise.
+//!
+//! ffmpeg and ffprobe are found on `PATH`, or where `TTV_FFMPEG` / `TTV_FFPROBE` point.
 
+use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
 
 use crate::error::ProjectError;
 
 /// Stitch settings that define the output; part of the final node's recipe.
 pub const STITCH_VERSION: &str = "concat-v1";
 
-/// Fails with the install command when ffmpeg (or ffprobe) cannot be run.
-pub fn check_ffmpeg() -> Result<(), ProjectError> {
-    todo!("stitch helper")
+/// `TTV_FFMPEG`: the ffmpeg binary to run instead of `ffmpeg` on `PATH`.
+pub const FFMPEG_ENV: &str = "TTV_FFMPEG";
+/// `TTV_FFPROBE`: the ffprobe binary to run instead of `ffprobe` on `PATH`.
+pub const FFPROBE_ENV: &str = "TTV_FFPROBE";
+
+/// How many lines of ffmpeg's stderr an error message carries.
+const STDERR_LINES: usize = 12;
+
+/// How `stitch` made the final video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StitchMode {
+    /// Every segment had the same codec parameters: streams copied, no quality loss.
+    Copy,
+    /// Segments differed: decoded, scaled to the first one's size and encoded again.
+    Reencode,
 }
 
-/// Concatenates `segments` (MP4 files, in order) into `out`. Temporary files go to `tmp_dir`.
-pub async fn stitch(segments: &[PathBuf], out: &Path, tmp_dir: &Path) -> anyhow::Result<()> {
-    let _ = (segments, out, tmp_dir);
-    todo!("stitch helper")
+pub fn ffmpeg_bin() -> OsString {
+    std::env::var_os(FFMPEG_ENV).unwrap_or_else(|| "ffmpeg".into())
+}
+
+pub fn ffprobe_bin() -> OsString {
+    std::env::var_os(FFPROBE_ENV).unwrap_or_else(|| "ffprobe".into())
+}
+
+/// An ffmpeg command that reads no stdin, overwrites its output, only reports errors, and
+/// dies with the future that runs it (an interrupted build leaves no encoder behind).
+pub fn ffmpeg_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(ffmpeg_bin());
+    cmd.args(["-nostdin", "-y", "-loglevel", "error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The last lines of a tool's stderr, for an error message.
+pub fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+    if tail.is_empty() {
+        "(no output on stderr)".into()
+    } else {
+        tail
+    }
+}
+
+/// Fails with the install command when ffmpeg (or ffprobe) cannot be run. Checked once per
+/// process.
+pub fn check_ffmpeg() -> Result<(), ProjectError> {
+    static CHECKED: OnceLock<Result<(), ProjectError>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            for (tool, bin) in [("ffmpeg", ffmpeg_bin()), ("ffprobe", ffprobe_bin())] {
+                let ran = std::process::Command::new(&bin)
+                    .arg("-version")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let problem = match ran {
+                    Ok(status) if status.success() => continue,
+                    Ok(status) => format!("`{} -version` failed ({status})", bin.display()),
+                    Err(e) => format!("cannot run `{}`: {e}", bin.display()),
+                };
+                return Err(ProjectError::new(
+                    "ffmpeg",
+                    None,
+                    format!(
+                        "{tool} is needed for preview clips and the final video, and {problem}"
+                    ),
+                )
+                .help(
+                    "install it: `sudo apt-get install -y ffmpeg` (Debian/Ubuntu) or \
+                     `brew install ffmpeg` (macOS); or point TTV_FFMPEG / TTV_FFPROBE at the \
+                     binaries",
+                ));
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// Concatenates `segments` (MP4 files, in order) into `out`, which appears whole or not at all.
+/// Temporary files go to `tmp_dir`.
+pub async fn stitch(
+    segments: &[PathBuf],
+    out: &Path,
+    tmp_dir: &Path,
+) -> anyhow::Result<StitchMode> {
+    if segments.is_empty() {
+        bail!("there are no segments to stitch");
+    }
+    let mut probes = Vec::with_capacity(segments.len());
+    for segment in segments {
+        probes.push(probe(segment).await?);
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Next to `out`, not in `tmp_dir`: the final rename must not cross filesystems.
+    let partial = tempfile::Builder::new()
+        .prefix(".ttv-stitch-")
+        .suffix(".mp4")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?
+        .into_temp_path();
+
+    let copyable = probes.iter().all(|p| p.signature == probes[0].signature);
+    let mode = if copyable {
+        concat_copy(segments, &partial, tmp_dir).await?;
+        StitchMode::Copy
+    } else {
+        concat_reencode(segments, &probes, &partial).await?;
+        StitchMode::Reencode
+    };
+    partial
+        .persist(out)
+        .with_context(|| format!("cannot move the final video to {}", out.display()))?;
+    Ok(mode)
 }
 
 /// Duration of a media file in seconds, as ffprobe reports it.
 pub async fn probe_duration(path: &Path) -> anyhow::Result<f64> {
-    let _ = path;
-    todo!("stitch helper")
+    let text = run_ffprobe(
+        path,
+        &[
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=noprint_wrappers=1:nokey=1",
+        ],
+    )
+    .await?;
+    text.trim().parse().with_context(|| {
+        format!(
+            "ffprobe gave no duration for {}: `{}`",
+            path.display(),
+            text.trim()
+        )
+    })
+}
+
+async fn concat_copy(segments: &[PathBuf], partial: &Path, tmp_dir: &Path) -> anyhow::Result<()> {
+    let mut list = String::new();
+    for segment in segments {
+        let absolute = std::path::absolute(segment)
+            .with_context(|| format!("cannot resolve {}", segment.display()))?;
+        let Some(text) = absolute.to_str() else {
+            bail!(
+                "the segment path {} is not UTF-8, which ffmpeg's concat list cannot hold",
+                absolute.display()
+            );
+        };
+        writeln!(list, "file {}", concat_quote(text))?;
+    }
+    let list_file = tempfile::Builder::new()
+        .prefix("concat-")
+        .suffix(".txt")
+        .tempfile_in(tmp_dir)
+        .with_context(|| format!("cannot create a temporary file in {}", tmp_dir.display()))?
+        .into_temp_path();
+    tokio::fs::write(&list_file, list)
+        .await
+        .with_context(|| format!("cannot write {}", list_file.display()))?;
+
+    let mut args: Vec<OsString> = ["-f", "concat", "-safe", "0", "-i"]
+        .map(OsString::from)
+        .into();
+    args.push(list_file.as_os_str().to_owned());
+    args.extend(["-map", "0", "-c", "copy"].map(OsString::from));
+    args.extend(output_args(partial));
+    run_ffmpeg(&args, "concatenate the segments").await
+}
+
+/// Quotes a path for a concat list: inside single quotes nothing is special, and a quote is
+/// written as `'\''` (close, escaped quote, reopen).
+fn concat_quote(path: &str) -> String {
+    format!("'{}'", path.replace('\'', r"'\''"))
+}
+
+async fn concat_reencode(
+    segments: &[PathBuf],
+    probes: &[Probe],
+    partial: &Path,
+) -> anyhow::Result<()> {
+    let first = &probes[0].signature.video;
+    let (width, height) = (first.width, first.height);
+    let fps = &first.r_frame_rate;
+    // The first segment with audio sets the format; segments without any get silence.
+    let audio = probes
+        .iter()
+        .find_map(|p| p.signature.audio.as_ref())
+        .map(|a| {
+            let rate = a.sample_rate.clone().unwrap_or_else(|| "48000".into());
+            let layout = if a.channels == Some(1) {
+                "mono"
+            } else {
+                "stereo"
+            };
+            (rate, layout)
+        });
+
+    let mut args: Vec<OsString> = Vec::new();
+    for segment in segments {
+        args.push("-i".into());
+        args.push(segment.as_os_str().to_owned());
+    }
+    let mut graph = String::new();
+    let mut pads = String::new();
+    for (i, p) in probes.iter().enumerate() {
+        write!(
+            graph,
+            "[{i}:v:0]scale={width}:{height}:force_original_aspect_ratio=decrease,\
+             pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={fps},format=yuv420p,\
+             setpts=PTS-STARTPTS[v{i}];"
+        )?;
+        write!(pads, "[v{i}]")?;
+        if let Some((rate, layout)) = &audio {
+            // Audio is cut or padded to the video's length, so the tracks stay in sync
+            // across segment boundaries.
+            let length = format!("{:.6}", p.video_duration);
+            if p.signature.audio.is_some() {
+                write!(
+                    graph,
+                    "[{i}:a:0]aresample={rate},aformat=sample_fmts=fltp:channel_layouts={layout},\
+                     apad,atrim=duration={length},asetpts=PTS-STARTPTS[a{i}];"
+                )?;
+            } else {
+                write!(
+                    graph,
+                    "anullsrc=channel_layout={layout}:sample_rate={rate},\
+                     atrim=duration={length},aformat=sample_fmts=fltp[a{i}];"
+                )?;
+            }
+            write!(pads, "[a{i}]")?;
+        }
+    }
+    let a = usize::from(audio.is_some());
+    write!(
+        graph,
+        "{pads}concat=n={}:v=1:a={a}[v]{}",
+        segments.len(),
+        if audio.is_some() { "[a]" } else { "" }
+    )?;
+    args.extend(["-filter_complex".into(), graph.into()]);
+    args.extend(["-map", "[v]"].map(OsString::from));
+    if audio.is_some() {
+        args.extend(["-map", "[a]", "-c:a", "aac", "-b:a", "192k"].map(OsString::from));
+    }
+    args.extend(
+        [
+            "-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p",
+        ]
+        .map(OsString::from),
+    );
+    args.extend(output_args(partial));
+    run_ffmpeg(&args, "re-encode the segments").await
+}
+
+/// Flags shared by both paths: no metadata or version strings (the same segments give the
+/// same bytes), the index up front (plays while it downloads).
+fn output_args(partial: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-map_metadata",
+        "-1",
+        "-fflags",
+        "+bitexact",
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+    ]
+    .map(OsString::from)
+    .into();
+    args.push(partial.as_os_str().to_owned());
+    args
+}
+
+async fn run_ffmpeg(args: &[OsString], what: &str) -> anyhow::Result<()> {
+    let output = ffmpeg_command()
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", ffmpeg_bin().display()))?;
+    if !output.status.success() {
+        bail!(
+            "ffmpeg could not {what} ({}):\n{}",
+            output.status,
+            stderr_tail(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+async fn run_ffprobe(path: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(ffprobe_bin())
+        .args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", ffprobe_bin().display()))?;
+    if !output.status.success() {
+        bail!(
+            "ffprobe could not read {} ({}):\n{}",
+            path.display(),
+            output.status,
+            stderr_tail(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("ffprobe's answer for {} is not UTF-8", path.display()))
+}
+
+/// What ffprobe says about a segment.
+struct Probe {
+    signature: Signature,
+    /// Seconds of video, to size the audio that goes with it.
+    video_duration: f64,
+}
+
+/// Everything that must be equal for the concat demuxer to copy streams: the MP4 keeps one
+/// set of codec headers (`extradata`) for the whole file, so those must match too.
+#[derive(Debug, PartialEq)]
+struct Signature {
+    video: VideoSignature,
+    audio: Option<AudioSignature>,
+}
+
+#[derive(Debug, PartialEq)]
+struct VideoSignature {
+    codec: Option<String>,
+    profile: Option<String>,
+    width: u32,
+    height: u32,
+    pix_fmt: Option<String>,
+    r_frame_rate: String,
+    time_base: Option<String>,
+    extradata: Option<String>,
+}
+
+#[derive(Debug, PartialEq)]
+struct AudioSignature {
+    codec: Option<String>,
+    profile: Option<String>,
+    sample_rate: Option<String>,
+    channels: Option<u32>,
+    extradata: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FfprobeStreams {
+    #[serde(default)]
+    streams: Vec<FfprobeStream>,
+}
+
+#[derive(Deserialize)]
+struct FfprobeStream {
+    codec_type: Option<String>,
+    codec_name: Option<String>,
+    profile: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    pix_fmt: Option<String>,
+    r_frame_rate: Option<String>,
+    time_base: Option<String>,
+    sample_rate: Option<String>,
+    channels: Option<u32>,
+    duration: Option<String>,
+    extradata_hash: Option<String>,
+}
+
+async fn probe(path: &Path) -> anyhow::Result<Probe> {
+    let json = run_ffprobe(
+        path,
+        &["-show_streams", "-show_data_hash", "SHA256", "-of", "json"],
+    )
+    .await?;
+    let parsed: FfprobeStreams = serde_json::from_str(&json)
+        .with_context(|| format!("cannot read ffprobe's answer for {}", path.display()))?;
+    let of_type = |t: &str| {
+        parsed
+            .streams
+            .iter()
+            .find(|s| s.codec_type.as_deref() == Some(t))
+    };
+    let Some(v) = of_type("video") else {
+        bail!("{} has no video stream", path.display());
+    };
+    let (Some(width), Some(height)) = (v.width, v.height) else {
+        bail!("ffprobe gave no frame size for {}", path.display());
+    };
+    let video_duration = match v.duration.as_deref().and_then(|d| d.parse().ok()) {
+        Some(d) => d,
+        None => probe_duration(path).await?,
+    };
+    let signature = Signature {
+        video: VideoSignature {
+            codec: v.codec_name.clone(),
+            profile: v.profile.clone(),
+            width,
+            height,
+            pix_fmt: v.pix_fmt.clone(),
+            r_frame_rate: v.r_frame_rate.clone().unwrap_or_else(|| "24/1".into()),
+            time_base: v.time_base.clone(),
+            extradata: v.extradata_hash.clone(),
+        },
+        audio: of_type("audio").map(|a| AudioSignature {
+            codec: a.codec_name.clone(),
+            profile: a.profile.clone(),
+            sample_rate: a.sample_rate.clone(),
+            channels: a.channels,
+            extradata: a.extradata_hash.clone(),
+        }),
+    };
+    Ok(Probe {
+        signature,
+        video_duration,
+    })
 }
