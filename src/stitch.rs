@@ -3,7 +3,7 @@
 //!
 //! ffmpeg and ffprobe are found on `PATH`, or where `TTV_FFMPEG` / `TTV_FFPROBE` point.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -71,35 +71,35 @@ pub fn stderr_tail(stderr: &[u8]) -> String {
 pub fn check_ffmpeg() -> Result<(), ProjectError> {
     static CHECKED: OnceLock<Result<(), ProjectError>> = OnceLock::new();
     CHECKED
-        .get_or_init(|| {
-            for (tool, bin) in [("ffmpeg", ffmpeg_bin()), ("ffprobe", ffprobe_bin())] {
-                let ran = std::process::Command::new(&bin)
-                    .arg("-version")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                let problem = match ran {
-                    Ok(status) if status.success() => continue,
-                    Ok(status) => format!("`{} -version` failed ({status})", bin.display()),
-                    Err(e) => format!("cannot run `{}`: {e}", bin.display()),
-                };
-                return Err(ProjectError::new(
-                    "ffmpeg",
-                    None,
-                    format!(
-                        "{tool} is needed for preview clips and the final video, and {problem}"
-                    ),
-                )
-                .help(
-                    "install it: `sudo apt-get install -y ffmpeg` (Debian/Ubuntu) or \
-                     `brew install ffmpeg` (macOS); or point TTV_FFMPEG / TTV_FFPROBE at the \
-                     binaries",
-                ));
-            }
-            Ok(())
-        })
+        .get_or_init(|| check_tools(&ffmpeg_bin(), &ffprobe_bin()))
         .clone()
+}
+
+fn check_tools(ffmpeg: &OsStr, ffprobe: &OsStr) -> Result<(), ProjectError> {
+    for (tool, bin) in [("ffmpeg", ffmpeg), ("ffprobe", ffprobe)] {
+        let ran = std::process::Command::new(bin)
+            .arg("-version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let problem = match ran {
+            Ok(status) if status.success() => continue,
+            Ok(status) => format!("`{} -version` failed ({status})", bin.display()),
+            Err(e) => format!("cannot run `{}`: {e}", bin.display()),
+        };
+        return Err(ProjectError::new(
+            "ffmpeg",
+            None,
+            format!("{tool} is needed for preview clips and the final video, and {problem}"),
+        )
+        .help(format!(
+            "install it: `sudo apt-get install -y ffmpeg` (Debian/Ubuntu) or \
+             `brew install ffmpeg` (macOS); or point {FFMPEG_ENV} / {FFPROBE_ENV} at the \
+             binaries"
+        )));
+    }
+    Ok(())
 }
 
 /// Concatenates `segments` (MP4 files, in order) into `out`, which appears whole or not at all.
@@ -442,4 +442,197 @@ async fn probe(path: &Path) -> anyhow::Result<Probe> {
         signature,
         video_duration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::preview::tests::{frame_request, png_input, test_ctx, video_request};
+    use crate::backends::preview::{PreviewFrames, PreviewVideo};
+    use crate::backends::{FrameGenerator, VideoGenerator, VideoRequest};
+
+    /// A preview clip, kept at `dir/name`.
+    async fn clip(dir: &Path, name: &str, req: &VideoRequest) -> PathBuf {
+        let (ctx, statuses) = test_ctx(dir);
+        let out = PreviewVideo.generate(req, &ctx).await.unwrap();
+        assert!(statuses.lock().unwrap().iter().any(|s| s == "encoding"));
+        let path = dir.join(name);
+        out.mp4.persist(&path).unwrap();
+        path
+    }
+
+    async fn frame(dir: &Path, prompt: &str, input: Option<Vec<u8>>) -> Vec<u8> {
+        let (ctx, _) = test_ctx(dir);
+        let mut req = frame_request(prompt, prompt);
+        req.input_image = input.map(|png| png_input("input", png));
+        PreviewFrames.generate(&req, &ctx).await.unwrap().png
+    }
+
+    fn assert_close(actual: f64, expected: f64, what: &str) {
+        assert!(
+            (actual - expected).abs() <= 0.1,
+            "{what}: {actual} s, expected {expected} s"
+        );
+    }
+
+    #[tokio::test]
+    async fn preview_clips_are_real_deterministic_mp4s() {
+        check_ffmpeg().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let start = frame(dir, "dawn over the harbour", None).await;
+        let end = frame(dir, "the storm arrives", Some(start.clone())).await;
+
+        let mut fade = video_request("the sky darkens", "s1", "16:9", true);
+        fade.params.first_last = true;
+        fade.first = Some(png_input("first", start.clone()));
+        fade.last = Some(png_input("last", end.clone()));
+        let fade_path = clip(dir, "fade.mp4", &fade).await;
+        let fade_probe = probe(&fade_path).await.unwrap();
+        assert_eq!(
+            (
+                fade_probe.signature.video.width,
+                fade_probe.signature.video.height
+            ),
+            (384, 216)
+        );
+        assert_eq!(fade_probe.signature.video.codec.as_deref(), Some("h264"));
+        assert_eq!(fade_probe.signature.video.r_frame_rate, "12/1");
+        let audio = fade_probe.signature.audio.as_ref().expect("an audio track");
+        assert_eq!(audio.codec.as_deref(), Some("aac"));
+        assert_close(probe_duration(&fade_path).await.unwrap(), 1.0, "fade");
+
+        let mut tall = video_request("waves", "s2", "9:16", false);
+        tall.params.duration_seconds = 2;
+        tall.last = Some(png_input("last", end.clone()));
+        let tall_path = clip(dir, "tall.mp4", &tall).await;
+        let tall_probe = probe(&tall_path).await.unwrap();
+        assert_eq!(
+            (
+                tall_probe.signature.video.width,
+                tall_probe.signature.video.height
+            ),
+            (216, 384)
+        );
+        assert!(tall_probe.signature.audio.is_none());
+        assert_close(probe_duration(&tall_path).await.unwrap(), 2.0, "tall");
+
+        let again = clip(dir, "fade-again.mp4", &fade).await;
+        assert_eq!(
+            std::fs::read(&fade_path).unwrap(),
+            std::fs::read(&again).unwrap(),
+            "the same request must give the same clip"
+        );
+        // Inputs written for ffmpeg are gone; only the kept clips remain.
+        let mut left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["fade-again.mp4", "fade.mp4", "tall.mp4"]);
+    }
+
+    #[tokio::test]
+    async fn same_parameters_are_copied_and_mixed_ones_re_encoded() {
+        check_ffmpeg().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let start = frame(dir, "a quiet street", None).await;
+        let end = frame(dir, "the street floods", Some(start.clone())).await;
+
+        let mut first = video_request("rain begins", "a", "16:9", true);
+        first.first = Some(png_input("first", start.clone()));
+        let mut second = video_request("water rises", "b", "16:9", true);
+        second.first = Some(png_input("first", end.clone()));
+        // A name the concat list has to quote.
+        let a = clip(dir, "it's one.mp4", &first).await;
+        let b = clip(dir, "two.mp4", &second).await;
+
+        let copied = dir.join("copied.mp4");
+        let mode = stitch(&[a.clone(), b.clone()], &copied, dir).await.unwrap();
+        assert_eq!(mode, StitchMode::Copy);
+        let sum = probe_duration(&a).await.unwrap() + probe_duration(&b).await.unwrap();
+        assert_close(probe_duration(&copied).await.unwrap(), sum, "copied");
+
+        let mut silent = video_request("silence", "c", "16:9", false);
+        silent.first = Some(png_input("first", end.clone()));
+        let c = clip(dir, "silent.mp4", &silent).await;
+        let mut tall = video_request("tall", "d", "9:16", true);
+        tall.first = Some(png_input("first", start.clone()));
+        let d = clip(dir, "tall.mp4", &tall).await;
+
+        let mixed = dir.join("out").join("final.mp4");
+        std::fs::create_dir(dir.join("out")).unwrap();
+        let segments = [a.clone(), c.clone(), d.clone()];
+        let mode = stitch(&segments, &mixed, dir).await.unwrap();
+        assert_eq!(mode, StitchMode::Reencode);
+        let mut sum = 0.0;
+        for s in &segments {
+            sum += probe_duration(s).await.unwrap();
+        }
+        assert_close(probe_duration(&mixed).await.unwrap(), sum, "re-encoded");
+        let final_probe = probe(&mixed).await.unwrap();
+        assert_eq!(
+            (
+                final_probe.signature.video.width,
+                final_probe.signature.video.height
+            ),
+            (384, 216),
+            "the first segment sets the size"
+        );
+        assert!(
+            final_probe.signature.audio.is_some(),
+            "a silent segment gets silence, not a missing track"
+        );
+        // Only the final is left in its folder: no partial file, no list.
+        let names: Vec<_> = std::fs::read_dir(dir.join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["final.mp4"]);
+    }
+
+    #[tokio::test]
+    async fn a_broken_segment_fails_with_ffprobes_words_and_leaves_no_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let broken = tmp.path().join("broken.mp4");
+        std::fs::write(&broken, b"not a video").unwrap();
+        let out = tmp.path().join("final.mp4");
+        let err = stitch(&[broken], &out, tmp.path()).await.unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("broken.mp4"), "{message}");
+        assert!(message.contains("Invalid data"), "{message}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_missing_ffmpeg_names_the_install_command() {
+        assert_eq!(
+            check_tools(OsStr::new("ffmpeg"), OsStr::new("ffprobe")),
+            Ok(())
+        );
+        let err =
+            check_tools(OsStr::new("ffmpeg"), OsStr::new("/nonexistent/ffprobe")).unwrap_err();
+        assert_eq!(err.file, Path::new("ffmpeg"));
+        assert_eq!(err.line, None);
+        assert!(
+            err.message
+                .starts_with("ffprobe is needed for preview clips and the final video"),
+            "{err}"
+        );
+        assert!(err.message.contains("/nonexistent/ffprobe"), "{err}");
+        assert!(
+            err.help
+                .as_deref()
+                .unwrap()
+                .contains("sudo apt-get install -y ffmpeg"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn concat_list_paths_escape_single_quotes() {
+        assert_eq!(concat_quote("/v/plain.mp4"), "'/v/plain.mp4'");
+        assert_eq!(concat_quote("/v/it's.mp4"), r"'/v/it'\''s.mp4'");
+    }
 }

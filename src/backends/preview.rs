@@ -274,7 +274,7 @@ fn background(width: u32, height: u32, hash: &[u8; 32]) -> RgbImage {
     let from = [hash[0], hash[1], hash[2]].map(f32::from);
     let to = [hash[3], hash[4], hash[5]].map(f32::from);
     let period = 12.0 + f32::from(hash[6] % 36);
-    let slope = if hash[7] % 2 == 0 { 1.0 } else { -1.0 };
+    let slope = if hash[7].is_multiple_of(2) { 1.0 } else { -1.0 };
     let span = (width + height) as f32;
     RgbImage::from_fn(width, height, |x, y| {
         let t = (x + y) as f32 / span;
@@ -541,5 +541,230 @@ async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {
             output.status,
             stderr_tail(&output.stderr)
         )))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backends::{OperationLog, VideoParams};
+
+    /// The `operations` table as a map: preview never submits operations, but a `GenContext`
+    /// needs one.
+    #[derive(Default)]
+    struct MemoryLog(Mutex<HashMap<String, (String, String)>>);
+
+    impl OperationLog for MemoryLog {
+        fn pending(&self, key: &str, backend: &str) -> Option<String> {
+            let map = self.0.lock().unwrap();
+            map.get(key)
+                .filter(|(b, _)| b == backend)
+                .map(|(_, op)| op.clone())
+        }
+
+        fn record(&self, key: &str, backend: &str, operation_name: &str) -> anyhow::Result<()> {
+            let mut map = self.0.lock().unwrap();
+            map.insert(key.into(), (backend.into(), operation_name.into()));
+            Ok(())
+        }
+
+        fn clear(&self, key: &str) -> anyhow::Result<()> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+    }
+
+    /// A context writing under `tmp_dir`, and the statuses the backend reported.
+    pub(crate) fn test_ctx(tmp_dir: &Path) -> (GenContext, Arc<Mutex<Vec<String>>>) {
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let seen = statuses.clone();
+        let ctx = GenContext {
+            node_id: "test".into(),
+            key: "test-key".into(),
+            tmp_dir: tmp_dir.to_path_buf(),
+            operations: Arc::new(MemoryLog::default()),
+            status: Arc::new(move |s| seen.lock().unwrap().push(s)),
+        };
+        (ctx, statuses)
+    }
+
+    pub(crate) fn png_input(name: &str, png: Vec<u8>) -> ImageInput {
+        ImageInput {
+            name: name.into(),
+            mime_type: "image/png".into(),
+            bytes: Arc::new(png),
+        }
+    }
+
+    pub(crate) fn frame_request(prompt: &str, key: &str) -> FrameRequest {
+        FrameRequest {
+            model: "preview".into(),
+            aspect_ratio: "16:9".into(),
+            prompt: prompt.into(),
+            input_image: None,
+            references: Vec::new(),
+            key: key.into(),
+        }
+    }
+
+    pub(crate) fn video_request(
+        prompt: &str,
+        key: &str,
+        aspect_ratio: &str,
+        generate_audio: bool,
+    ) -> VideoRequest {
+        VideoRequest {
+            params: VideoParams {
+                model: "preview".into(),
+                duration_seconds: 1,
+                resolution: "720p".into(),
+                aspect_ratio: aspect_ratio.into(),
+                generate_audio,
+                negative_prompt: String::new(),
+                seed: None,
+                first_last: false,
+            },
+            prompt: prompt.into(),
+            first: None,
+            last: None,
+            key: key.into(),
+        }
+    }
+
+    fn solid_png(colour: [u8; 3]) -> Vec<u8> {
+        let img = RgbImage::from_pixel(64, 48, Rgb(colour));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    }
+
+    async fn draw(req: &FrameRequest) -> RgbImage {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let out = PreviewFrames.generate(req, &ctx).await.unwrap();
+        image::load_from_memory(&out.png).unwrap().to_rgb8()
+    }
+
+    #[tokio::test]
+    async fn the_same_request_draws_the_same_bytes_and_edits_show() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, statuses) = test_ctx(tmp.path());
+        let storm = frame_request("a storm over the harbour", "k1");
+        let a = PreviewFrames.generate(&storm, &ctx).await.unwrap();
+        let b = PreviewFrames.generate(&storm, &ctx).await.unwrap();
+        assert_eq!(a.png, b.png, "a preview frame must be reproducible");
+        assert_eq!(a.model_version, None);
+
+        let calm = frame_request("a calm harbour at dawn", "k1");
+        let c = PreviewFrames.generate(&calm, &ctx).await.unwrap();
+        assert_ne!(a.png, c.png, "a prompt edit must change the frame");
+
+        let reroll = frame_request("a storm over the harbour", "k2");
+        let d = PreviewFrames.generate(&reroll, &ctx).await.unwrap();
+        assert_ne!(a.png, d.png, "a new take must look different");
+        assert!(statuses.lock().unwrap().iter().any(|s| s == "drawing"));
+    }
+
+    #[tokio::test]
+    async fn frames_take_their_size_from_the_aspect_ratio() {
+        for (ratio, size) in [
+            ("16:9", (384, 216)),
+            ("9:16", (216, 384)),
+            ("1:1", (384, 384)),
+            ("21:9", (384, 164)),
+            ("4:5", (308, 384)),
+        ] {
+            let mut req = frame_request("sizes", "k");
+            req.aspect_ratio = ratio.into();
+            assert_eq!(draw(&req).await.dimensions(), size, "{ratio}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_input_image_and_references_are_visible() {
+        let plain = draw(&frame_request("a lighthouse", "k")).await;
+        let mut req = frame_request("a lighthouse", "k");
+        req.input_image = Some(png_input("input", solid_png([255, 0, 0])));
+        req.references = vec![
+            png_input("boat", solid_png([0, 255, 0])),
+            png_input("keeper", solid_png([0, 0, 255])),
+        ];
+        let composed = draw(&req).await;
+
+        // The left of the frame is mostly the input image (red), the right is untouched.
+        let left = composed.get_pixel(20, 100);
+        assert!(left[0] >= 200, "input not blended in: {left:?}");
+        assert_eq!(composed.get_pixel(380, 100), plain.get_pixel(380, 100));
+
+        // Thumbnails along the bottom, in order, framed in white.
+        let slot = 216 / 5;
+        let centre_y = 216 - 3 - slot / 2;
+        assert_eq!(
+            composed.get_pixel(3 + slot / 2, centre_y),
+            &Rgb([0, 255, 0])
+        );
+        assert_eq!(
+            composed.get_pixel(3 + slot + 3 + slot / 2, centre_y),
+            &Rgb([0, 0, 255])
+        );
+        assert_eq!(composed.get_pixel(3, centre_y), &Rgb([255, 255, 255]));
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_input_is_a_permanent_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let mut req = frame_request("broken", "k");
+        req.references = vec![png_input("ghost", b"not an image".to_vec())];
+        match PreviewFrames.generate(&req, &ctx).await {
+            Err(GenError::Permanent(m)) => assert!(m.contains("`ghost`"), "{m}"),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failure_patterns_match_substrings_of_the_prompt() {
+        assert_eq!(
+            simulated_failure("the storm breaks", "calm, storm"),
+            Some("storm")
+        );
+        assert_eq!(simulated_failure("the storm breaks", "calm,,"), None);
+        assert_eq!(simulated_failure("anything", ""), None);
+    }
+
+    #[tokio::test]
+    async fn ttv_preview_fail_fails_matching_generations_permanently() {
+        let marker = "rehearse-failure-3f9c";
+        // SAFETY: every other reader in this process goes through std::env, which serializes
+        // access; no test prompt but this one contains the marker.
+        unsafe { std::env::set_var(FAIL_ENV, format!("unrelated,{marker}")) };
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+
+        let frame = PreviewFrames
+            .generate(&frame_request(&format!("a {marker} frame"), "k"), &ctx)
+            .await;
+        let video = PreviewVideo
+            .generate(
+                &video_request(&format!("a {marker} clip"), "k", "16:9", false),
+                &ctx,
+            )
+            .await;
+        let unaffected = PreviewFrames
+            .generate(&frame_request("an ordinary frame", "k"), &ctx)
+            .await;
+
+        let expected = format!("preview: simulated failure ({FAIL_ENV} matched `{marker}`)");
+        for result in [frame.map(|_| ()), video.map(|_| ())] {
+            match result {
+                Err(e @ GenError::Permanent(_)) => assert_eq!(e.to_string(), expected),
+                other => panic!("expected a simulated permanent failure, got {other:?}"),
+            }
+        }
+        assert!(unaffected.is_ok());
     }
 }
