@@ -517,6 +517,17 @@ mod tests {
         assert!(tall_probe.signature.audio.is_none());
         assert_close(probe_duration(&tall_path).await.unwrap(), 2.0, "tall");
 
+        // Text-to-video: no frame given, the prompt's own frame is drawn.
+        let square = clip(dir, "square.mp4", &video_request("fog", "s3", "1:1", false)).await;
+        let square_probe = probe(&square).await.unwrap();
+        assert_eq!(
+            (
+                square_probe.signature.video.width,
+                square_probe.signature.video.height
+            ),
+            (288, 288)
+        );
+
         let again = clip(dir, "fade-again.mp4", &fade).await;
         assert_eq!(
             std::fs::read(&fade_path).unwrap(),
@@ -529,7 +540,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["fade-again.mp4", "fade.mp4", "tall.mp4"]);
+        assert_eq!(
+            left,
+            ["fade-again.mp4", "fade.mp4", "square.mp4", "tall.mp4"]
+        );
     }
 
     #[tokio::test]

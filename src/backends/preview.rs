@@ -77,12 +77,8 @@ impl FrameGenerator for PreviewFrames {
     ) -> Result<FrameOutput, GenError> {
         simulate(&req.prompt).await?;
         (ctx.status)("drawing".into());
-        let req = req.clone();
-        let png = tokio::task::spawn_blocking(move || draw_png(&req))
-            .await
-            .map_err(|e| GenError::Permanent(format!("preview: the drawing task failed: {e}")))??;
         Ok(FrameOutput {
-            png,
+            png: draw(req.clone()).await?,
             model_version: None,
         })
     }
@@ -115,6 +111,9 @@ impl VideoGenerator for PreviewVideo {
     ) -> Result<VideoOutput, GenError> {
         simulate(&req.prompt).await?;
         let (width, height) = clip_size(&req.params.aspect_ratio)?;
+        if req.params.duration_seconds == 0 {
+            return Err(GenError::Permanent("preview cannot make a 0 s clip".into()));
+        }
         let motion = match (&req.first, &req.last) {
             (Some(first), Some(last)) => Motion::CrossFade(
                 write_input(first, &ctx.tmp_dir, "first").await?,
@@ -133,15 +132,10 @@ impl VideoGenerator for PreviewVideo {
                     references: Vec::new(),
                     key: req.key.clone(),
                 };
-                let png = tokio::task::spawn_blocking(move || draw_png(&frame_req))
-                    .await
-                    .map_err(|e| {
-                        GenError::Permanent(format!("preview: the drawing task failed: {e}"))
-                    })??;
                 let drawn = ImageInput {
                     name: "first".into(),
                     mime_type: "image/png".into(),
-                    bytes: Arc::new(png),
+                    bytes: Arc::new(draw(frame_req).await?),
                 };
                 Motion::ZoomIn(write_input(&drawn, &ctx.tmp_dir, "first").await?)
             }
@@ -232,6 +226,13 @@ fn clip_size(aspect_ratio: &str) -> Result<(u32, u32), GenError> {
             "preview cannot make {other} video; use 16:9, 9:16 or 1:1"
         ))),
     }
+}
+
+/// `draw_png` off the async threads: decoding, resizing and encoding take milliseconds of CPU.
+async fn draw(req: FrameRequest) -> Result<Vec<u8>, GenError> {
+    tokio::task::spawn_blocking(move || draw_png(&req))
+        .await
+        .map_err(|e| GenError::Permanent(format!("preview: the drawing task failed: {e}")))?
 }
 
 /// Draws the frame for `req` and encodes it as PNG. Pure: the same request gives the same bytes.
@@ -722,6 +723,38 @@ pub(crate) mod tests {
         req.references = vec![png_input("ghost", b"not an image".to_vec())];
         match PreviewFrames.generate(&req, &ctx).await {
             Err(GenError::Permanent(m)) => assert!(m.contains("`ghost`"), "{m}"),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ttv_preview_latency_ms_delays_each_generation() {
+        // SAFETY: every other reader in this process goes through std::env, which serializes
+        // access; a valid delay only slows tests that run meanwhile.
+        unsafe { std::env::set_var(LATENCY_ENV, "250") };
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let started = std::time::Instant::now();
+        let result = PreviewFrames
+            .generate(&frame_request("slow", "k"), &ctx)
+            .await;
+        let elapsed = started.elapsed();
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(LATENCY_ENV) };
+        result.unwrap();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ffmpeg_failure_is_permanent_and_carries_its_stderr() {
+        let args: Vec<OsString> = ["-i", "/nonexistent/first.png", "-f", "mp4", "/dev/null"]
+            .map(OsString::from)
+            .into();
+        match run_ffmpeg(&args).await {
+            Err(GenError::Permanent(m)) => {
+                assert!(m.starts_with("preview: ffmpeg failed"), "{m}");
+                assert!(m.contains("/nonexistent/first.png"), "{m}");
+            }
             other => panic!("expected a permanent error, got {other:?}"),
         }
     }
