@@ -319,7 +319,9 @@ fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) {
     let (width, height) = canvas.dimensions();
     let gap = 3u32;
     let n = references.len() as u32;
-    let slot = ((height / 5).max(8)).min((width - gap) / n - gap);
+    let slot = (height / 5)
+        .max(8)
+        .min(((width - gap) / n).saturating_sub(gap));
     let box_size = slot.saturating_sub(2);
     if box_size == 0 {
         return;
