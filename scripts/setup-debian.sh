@@ -16,6 +16,7 @@ fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   echo "setup: installing Rust with rustup" >&2
+  as_root apt-get update -qq
   as_root apt-get install -y -qq curl build-essential >/dev/null
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
 fi
