@@ -41,7 +41,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
-pub use wire::ApiError;
+use wire::ApiError;
 use wire::{get, get_int, get_str, json_response};
 
 /// The API key the fake accepts (`x-goog-api-key` header or `?key=`).
