@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod engine;
+mod fake_selftest;
 mod google;
 mod support;

@@ -1,0 +1,810 @@
+//! The fake Google service, checked on its own with reqwest and gcp_auth, so that the ttv tests
+//! built on it can trust its wire format and its scripted faults.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use gcp_auth::TokenProvider as _;
+use serde_json::{Value, json};
+
+use crate::support::fake_google::{
+    ACCESS_TOKEN, API_KEY, Api, Auth, CLOUD_PLATFORM_SCOPE, FakeGoogle, Fault, LOCATION, Match,
+    PROJECT, Route, Times,
+};
+
+const IMAGE_MODEL: &str = "gemini-2.5-flash-image";
+const VEO_MODEL: &str = "veo-3.0-generate-001";
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn b64_png() -> String {
+    STANDARD.encode(png(16, 9, [200, 10, 10]))
+}
+
+/// Sends a request and returns the status and the body text.
+async fn send(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.expect("request reaches the fake");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts Google's error body and returns its message.
+fn google_error(status: u16, text: &str, code: u16, name: &str) -> String {
+    let body = parse(text);
+    assert_eq!(status, code, "{text}");
+    assert_eq!(body["error"]["code"], code, "{text}");
+    assert_eq!(body["error"]["status"], name, "{text}");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}
+
+fn generate_body(prompt: &str) -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [
+            {"text": prompt},
+            {"text": "Reference image 'hero':"},
+            {"inlineData": {"mimeType": "image/png", "data": b64_png()}},
+        ]}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "16:9"}},
+    })
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(fake: &FakeGoogle) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: fake.base_url().to_owned(),
+        }
+    }
+
+    async fn generate(&self, body: &Value) -> (u16, String) {
+        let url = format!("{}/v1beta/models/{IMAGE_MODEL}:generateContent", self.base);
+        send(
+            self.http
+                .post(url)
+                .header("x-goog-api-key", API_KEY)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn vertex(&self, action: &str, body: &Value) -> (u16, String) {
+        let url = format!(
+            "{}/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{VEO_MODEL}:{action}",
+            self.base
+        );
+        send(self.http.post(url).bearer_auth(ACCESS_TOKEN).json(body)).await
+    }
+
+    async fn vertex_poll(&self, name: &str) -> Value {
+        let (status, text) = self
+            .vertex("fetchPredictOperation", &json!({"operationName": name}))
+            .await;
+        assert_eq!(status, 200, "{text}");
+        parse(&text)
+    }
+
+    async fn gemini_veo(&self, body: &Value) -> (u16, String) {
+        let url = format!("{}/v1beta/models/{VEO_MODEL}:predictLongRunning", self.base);
+        send(
+            self.http
+                .post(url)
+                .header("x-goog-api-key", API_KEY)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn gemini_poll(&self, name: &str) -> (u16, String) {
+        let url = format!("{}/v1beta/{name}", self.base);
+        send(self.http.get(url).header("x-goog-api-key", API_KEY)).await
+    }
+}
+
+fn veo_body(prompt: &str, duration: u32) -> Value {
+    json!({
+        "instances": [{"prompt": prompt, "image": {"bytesBase64Encoded": b64_png(), "mimeType": "image/png"}}],
+        "parameters": {"aspectRatio": "16:9", "durationSeconds": duration, "resolution": "720p", "sampleCount": 1},
+    })
+}
+
+fn mp4_duration(bytes: &[u8]) -> f64 {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("duration")
+}
+
+#[tokio::test]
+async fn generate_content_answers_a_real_png_and_records_the_request() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    let (status, text) = client
+        .generate(&generate_body("A lighthouse at dusk"))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let body = parse(&text);
+    let candidate = &body["candidates"][0];
+    assert_eq!(candidate["finishReason"], "STOP");
+    assert_eq!(body["modelVersion"], IMAGE_MODEL);
+    assert!(body["responseId"].is_string() && body["usageMetadata"]["totalTokenCount"].is_number());
+    let blob = &candidate["content"]["parts"][0]["inlineData"];
+    assert_eq!(blob["mimeType"], "image/png");
+    let img = image::load_from_memory(&STANDARD.decode(blob["data"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(img.dimensions(), (64, 36));
+    let prompt = "A lighthouse at dusk\nReference image 'hero':";
+    assert_eq!(img.get_pixel(32, 18).0, FakeGoogle::colour_for(prompt));
+
+    let recorded = &fake.requests_to(Route::GenerateContent)[0];
+    assert_eq!(
+        (recorded.auth, recorded.api, recorded.status),
+        (Auth::ApiKeyHeader, Some(Api::Gemini), 200)
+    );
+    assert_eq!(recorded.header("X-Goog-Api-Key"), Some("<API_KEY>"));
+    assert_eq!(recorded.model.as_deref(), Some(IMAGE_MODEL));
+    assert_eq!(
+        (recorded.method.as_str(), recorded.path.as_str()),
+        (
+            "POST",
+            "/v1beta/models/gemini-2.5-flash-image:generateContent"
+        )
+    );
+    assert!(recorded.snake_case_fields.is_empty());
+    let images = recorded.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].field, "contents[0].parts[2].inlineData");
+    assert_eq!(images[0].label.as_deref(), Some("Reference image 'hero':"));
+    assert_eq!(
+        (images[0].mime_type.as_str(), images[0].decode().width()),
+        ("image/png", 16)
+    );
+    assert_eq!(fake.submitted_prompts(), vec![prompt.to_owned()]);
+
+    // A second identical request is a different file, as a reroll is with Google.
+    let (_, again) = client
+        .generate(&generate_body("A lighthouse at dusk"))
+        .await;
+    assert_ne!(parse(&again)["candidates"][0], body["candidates"][0]);
+    assert_eq!(fake.count(Route::GenerateContent), 2);
+    fake.clear_requests();
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn api_key_is_required_in_the_header_or_the_query() {
+    let fake = FakeGoogle::start();
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/v1beta/models/{IMAGE_MODEL}:generateContent",
+        fake.base_url()
+    );
+    let body = generate_body("x");
+    let (status, text) = send(http.post(&url).json(&body)).await;
+    google_error(status, &text, 403, "PERMISSION_DENIED");
+    let (status, text) = send(http.post(&url).header("x-goog-api-key", "nope").json(&body)).await;
+    assert!(google_error(status, &text, 403, "PERMISSION_DENIED").contains("API key not valid"));
+    let (status, text) = send(http.post(format!("{url}?key={API_KEY}")).json(&body)).await;
+    assert_eq!(status, 200, "{text}");
+    let auths: Vec<Auth> = fake.requests().iter().map(|r| r.auth).collect();
+    assert_eq!(auths, [Auth::None, Auth::WrongApiKey, Auth::ApiKeyQuery]);
+    assert_eq!(fake.requests()[2].query, "key=<API_KEY>");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !format!("{r:?}").contains(API_KEY))
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_like_google_does() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    let mut unknown = generate_body("x");
+    unknown["generationConfig"]["imageConfig"]["aspect_ration"] = json!("16:9");
+    let (status, text) = client.generate(&unknown).await;
+    let message = google_error(status, &text, 400, "INVALID_ARGUMENT");
+    assert!(
+        message.contains("Unknown name \"aspect_ration\" at 'generation_config.image_config'"),
+        "{message}"
+    );
+    assert_eq!(
+        parse(&text)["error"]["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.BadRequest"
+    );
+
+    let mut wrong_case = generate_body("x");
+    wrong_case["contents"][0]["parts"][2] =
+        json!({"InlineData": {"mimeType": "image/png", "data": b64_png()}});
+    let (status, text) = client.generate(&wrong_case).await;
+    assert!(
+        google_error(status, &text, 400, "INVALID_ARGUMENT")
+            .contains("Unknown name \"InlineData\"")
+    );
+
+    let snake = json!({"contents": [{"parts": [{"text": "x"}, {"inline_data": {"mime_type": "image/png", "data": b64_png()}}]}],
+                       "generation_config": {"response_modalities": ["IMAGE"]}});
+    let (status, text) = client.generate(&snake).await;
+    assert_eq!(status, 200, "{text}");
+    let recorded = fake.requests().pop().unwrap();
+    assert_eq!(
+        recorded.snake_case_fields,
+        [
+            "contents[0].parts[1].inline_data",
+            "contents[0].parts[1].inline_data.mime_type",
+            "generation_config",
+            "generation_config.response_modalities"
+        ]
+    );
+    assert_eq!(recorded.images().len(), 1);
+
+    for data in [STANDARD.encode(b"not an image at all"), "%%%".to_owned()] {
+        let mut bad = generate_body("x");
+        bad["contents"][0]["parts"][2]["inlineData"]["data"] = json!(data);
+        let (status, text) = client.generate(&bad).await;
+        google_error(status, &text, 400, "INVALID_ARGUMENT");
+    }
+    let mut mislabelled = generate_body("x");
+    mislabelled["contents"][0]["parts"][2]["inlineData"]["mimeType"] = json!("image/jpeg");
+    let (status, text) = client.generate(&mislabelled).await;
+    google_error(status, &text, 400, "INVALID_ARGUMENT");
+    let mut ratio = generate_body("x");
+    ratio["generationConfig"]["imageConfig"]["aspectRatio"] = json!("7:3");
+    let (status, text) = client.generate(&ratio).await;
+    google_error(status, &text, 400, "INVALID_ARGUMENT");
+    let url = format!(
+        "{}/v1beta/models/{IMAGE_MODEL}:generateContent",
+        fake.base_url()
+    );
+    let (status, text) = send(
+        client
+            .http
+            .post(url)
+            .header("x-goog-api-key", API_KEY)
+            .body("{not json"),
+    )
+    .await;
+    assert!(
+        google_error(status, &text, 400, "INVALID_ARGUMENT")
+            .starts_with("Invalid JSON payload received.")
+    );
+    let (status, text) = send(client.http.get(format!("{}/v2/nothing", fake.base_url()))).await;
+    google_error(status, &text, 404, "NOT_FOUND");
+    assert_eq!(fake.count(Route::Unknown), 1);
+}
+
+#[tokio::test]
+async fn scripted_frame_faults() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    fake.script(Fault::ImageSafety, Match::prompt("storm"), 1);
+    fake.script(
+        Fault::PromptBlocked,
+        Match::prompt("blocked"),
+        Times::Forever,
+    );
+    fake.script(Fault::JpegAnswer, Match::prompt("jpeg"), 1);
+
+    let body = parse(&client.generate(&generate_body("a storm")).await.1);
+    assert_eq!(body["candidates"][0]["finishReason"], "IMAGE_SAFETY");
+    assert!(body["candidates"][0]["finishMessage"].is_string());
+    assert!(body["candidates"][0]["content"]["parts"][0]["text"].is_string());
+    assert!(!body.to_string().contains("inlineData"));
+    let body = parse(&client.generate(&generate_body("a storm")).await.1);
+    assert_eq!(
+        body["candidates"][0]["finishReason"], "STOP",
+        "ImageSafety was scripted once"
+    );
+
+    for _ in 0..2 {
+        let body = parse(&client.generate(&generate_body("blocked")).await.1);
+        assert_eq!(body["promptFeedback"]["blockReason"], "SAFETY");
+        assert!(body.get("candidates").is_none());
+    }
+    let body = parse(&client.generate(&generate_body("jpeg please")).await.1);
+    let blob = &body["candidates"][0]["content"]["parts"][0]["inlineData"];
+    assert_eq!(blob["mimeType"], "image/jpeg");
+    let bytes = STANDARD.decode(blob["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        image::guess_format(&bytes).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+}
+
+#[tokio::test]
+async fn scripted_http_faults() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    fake.script(Fault::Status429RetryInfo { delay: "0.2s" }, Match::any(), 1);
+    fake.script(Fault::Status500, Match::any(), 1);
+    fake.script(Fault::Status503, Match::any(), 1);
+    fake.script(Fault::Status403, Match::any(), 1);
+    fake.script(Fault::NotJson, Match::any(), 1);
+    fake.script(Fault::Truncated, Match::any(), 1);
+    let body = generate_body("x");
+
+    let (status, text) = client.generate(&body).await;
+    assert!(
+        google_error(status, &text, 429, "RESOURCE_EXHAUSTED").ends_with("Please retry in 0.2s.")
+    );
+    let details = parse(&text)["error"]["details"].clone();
+    let retry = details
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo");
+    assert_eq!(retry.unwrap()["retryDelay"], "0.2s");
+    let (status, text) = client.generate(&body).await;
+    google_error(status, &text, 500, "INTERNAL");
+    let (status, text) = client.generate(&body).await;
+    google_error(status, &text, 503, "UNAVAILABLE");
+    let (status, text) = client.generate(&body).await;
+    google_error(status, &text, 403, "PERMISSION_DENIED");
+    let (status, text) = client.generate(&body).await;
+    assert_eq!(status, 200);
+    assert!(text.starts_with("<!DOCTYPE html>") && serde_json::from_str::<Value>(&text).is_err());
+    let (status, text) = client.generate(&body).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with('{') && serde_json::from_str::<Value>(&text).is_err(),
+        "{text}"
+    );
+    let (status, text) = client.generate(&body).await;
+    assert_eq!(status, 200, "every script is used up: {text}");
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 500, 503, 403, 200, 200, 200]);
+
+    fake.script(
+        Fault::Hang(Duration::from_secs(2)),
+        Match::route(Route::GenerateContent),
+        1,
+    );
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}/v1beta/models/{IMAGE_MODEL}:generateContent",
+        fake.base_url()
+    );
+    let error = impatient
+        .post(url)
+        .header("x-goog-api-key", API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+}
+
+#[tokio::test]
+async fn vertex_veo_runs_an_operation_to_a_real_mp4() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    let (status, text) = client
+        .vertex("predictLongRunning", &veo_body("Slow dolly in", 6))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let name = parse(&text)["name"].as_str().unwrap().to_owned();
+    let prefix = format!(
+        "projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{VEO_MODEL}/operations/"
+    );
+    assert!(name.starts_with(&prefix), "{name}");
+    let first = client.vertex_poll(&name).await;
+    assert_eq!(
+        (first["name"].as_str(), first["done"].as_bool()),
+        (Some(name.as_str()), Some(false))
+    );
+    let done = client.vertex_poll(&name).await;
+    assert_eq!(done["done"], true);
+    let response = &done["response"];
+    assert_eq!(
+        response["@type"],
+        "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
+    );
+    assert_eq!(response["raiMediaFilteredCount"], 0);
+    assert_eq!(response["videos"][0]["mimeType"], "video/mp4");
+    let mp4 = STANDARD
+        .decode(
+            response["videos"][0]["bytesBase64Encoded"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(mp4_duration(&mp4), 6.0);
+
+    let submit = &fake.requests_to(Route::VeoSubmit)[0];
+    assert_eq!((submit.auth, submit.api), (Auth::Bearer, Some(Api::Vertex)));
+    assert_eq!(
+        submit.header("authorization"),
+        Some("Bearer <ACCESS_TOKEN>")
+    );
+    assert_eq!(submit.images()[0].field, "instances[0].image");
+    assert_eq!(submit.prompt().as_deref(), Some("Slow dolly in"));
+    assert_eq!(fake.count(Route::VeoPoll), 2);
+
+    let url = format!(
+        "{}/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{VEO_MODEL}:predictLongRunning",
+        fake.base_url()
+    );
+    let (status, text) = send(client.http.post(&url).json(&veo_body("x", 8))).await;
+    google_error(status, &text, 401, "UNAUTHENTICATED");
+    let (status, text) = send(
+        client
+            .http
+            .post(&url)
+            .bearer_auth("stale")
+            .json(&veo_body("x", 8)),
+    )
+    .await;
+    google_error(status, &text, 401, "UNAUTHENTICATED");
+    let (status, text) = client
+        .vertex(
+            "fetchPredictOperation",
+            &json!({"operationName": format!("{prefix}42")}),
+        )
+        .await;
+    google_error(status, &text, 404, "NOT_FOUND");
+
+    let mut bad = Vec::new();
+    for (field, value) in [
+        ("durationSeconds", json!(5)),
+        ("aspectRatio", json!("1:1")),
+        ("resolution", json!("4k")),
+        ("sampleCount", json!(5)),
+        ("resolution", json!("1080p")),
+    ] {
+        let mut body = veo_body("x", 6);
+        body["parameters"][field] = value;
+        let (status, text) = client.vertex("predictLongRunning", &body).await;
+        bad.push(google_error(status, &text, 400, "INVALID_ARGUMENT"));
+    }
+    assert!(bad[4].contains("1080p"), "{bad:?}");
+    let mut last_frame = veo_body("x", 8);
+    last_frame["instances"][0]["lastFrame"] =
+        json!({"bytesBase64Encoded": b64_png(), "mimeType": "image/png"});
+    let (status, text) = client.vertex("predictLongRunning", &last_frame).await;
+    assert!(google_error(status, &text, 400, "INVALID_ARGUMENT").contains("lastFrame"));
+}
+
+#[tokio::test]
+async fn vertex_storage_uri_gives_gcs_objects() {
+    let fake = FakeGoogle::start();
+    fake.polls_before_done(0);
+    let client = Client::new(&fake);
+    let mut body = veo_body("gcs", 4);
+    body["parameters"]["storageUri"] = json!("gs://ttv-bucket/out/");
+    body["parameters"]["sampleCount"] = json!(2);
+    let name = parse(&client.vertex("predictLongRunning", &body).await.1)["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = client.vertex_poll(&name).await;
+    let videos = done["response"]["videos"].as_array().unwrap().clone();
+    assert_eq!(videos.len(), 2);
+    let uri = videos[0]["gcsUri"].as_str().unwrap();
+    let object = uri.strip_prefix("gs://ttv-bucket/").expect(uri);
+    let url = format!(
+        "{}/storage/v1/b/ttv-bucket/o/{}?alt=media",
+        fake.base_url(),
+        object.replace('/', "%2F")
+    );
+    let (status, _) = send(client.http.get(&url)).await;
+    assert_eq!(status, 401);
+    let response = client
+        .http
+        .get(&url)
+        .bearer_auth(ACCESS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mp4_duration(&response.bytes().await.unwrap()), 4.0);
+    let meta_url = url.trim_end_matches("?alt=media");
+    let (status, text) = send(client.http.get(meta_url).bearer_auth(ACCESS_TOKEN)).await;
+    assert_eq!((status, parse(&text)["name"].as_str()), (200, Some(object)));
+    assert_eq!(fake.count(Route::Gcs), 3);
+}
+
+#[tokio::test]
+async fn gemini_api_veo_downloads_through_a_redirect() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    let mut inline = veo_body("x", 8);
+    inline["instances"][0]["image"] =
+        json!({"inlineData": {"mimeType": "image/png", "data": b64_png()}});
+    let (status, text) = client.gemini_veo(&inline).await;
+    assert_eq!(
+        google_error(status, &text, 400, "INVALID_ARGUMENT"),
+        "`inlineData` isn't supported by this model."
+    );
+    for (field, value) in [
+        ("seed", json!(7)),
+        ("generateAudio", json!(true)),
+        ("storageUri", json!("gs://b/")),
+    ] {
+        let mut body = veo_body("x", 8);
+        body["parameters"][field] = value;
+        let (status, text) = client.gemini_veo(&body).await;
+        assert!(google_error(status, &text, 400, "INVALID_ARGUMENT").contains(field));
+    }
+
+    let (status, text) = client.gemini_veo(&veo_body("Camera cranes up", 8)).await;
+    assert_eq!(status, 200, "{text}");
+    let name = parse(&text)["name"].as_str().unwrap().to_owned();
+    assert!(
+        name.starts_with(&format!("models/{VEO_MODEL}/operations/")),
+        "{name}"
+    );
+    assert_eq!(parse(&client.gemini_poll(&name).await.1)["done"], false);
+    let done = parse(&client.gemini_poll(&name).await.1);
+    let response = &done["response"];
+    assert_eq!(
+        response["@type"],
+        "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse"
+    );
+    let uri = response["generateVideoResponse"]["generatedSamples"][0]["video"]["uri"]
+        .as_str()
+        .unwrap();
+    assert!(
+        uri.starts_with(&format!("{}/v1beta/files/", fake.base_url()))
+            && uri.ends_with(":download?alt=media")
+    );
+
+    let (status, text) = send(client.http.get(uri)).await;
+    google_error(status, &text, 403, "PERMISSION_DENIED");
+    let response = client
+        .http
+        .get(uri)
+        .header("x-goog-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "video/mp4");
+    assert_eq!(mp4_duration(&response.bytes().await.unwrap()), 8.0);
+    assert_eq!(
+        (fake.count(Route::Download), fake.count(Route::FileBlob)),
+        (2, 1)
+    );
+    assert_eq!(fake.requests_to(Route::Download)[1].status, 302);
+
+    fake.script(Fault::InlineVideo, Match::prompt("inline"), 1);
+    fake.polls_before_done(0);
+    let name = parse(&client.gemini_veo(&veo_body("inline video", 4)).await.1)["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = parse(&client.gemini_poll(&name).await.1);
+    let video = &done["response"]["generateVideoResponse"]["generatedSamples"][0]["video"];
+    assert_eq!(video["encoding"], "video/mp4");
+    assert_eq!(
+        mp4_duration(
+            &STANDARD
+                .decode(video["encodedVideo"].as_str().unwrap())
+                .unwrap()
+        ),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn scripted_operation_faults() {
+    let fake = FakeGoogle::start();
+    let client = Client::new(&fake);
+    fake.script(Fault::RaiFiltered, Match::prompt("rai"), 1);
+    fake.script(
+        Fault::OperationError {
+            code: 13,
+            message: "Internal error.",
+        },
+        Match::prompt("err"),
+        1,
+    );
+    fake.script(Fault::NeverFinishes, Match::prompt("never"), 1);
+    fake.script(Fault::PollsBeforeDone(3), Match::prompt("slow"), 1);
+    fake.script(
+        Fault::UnknownOperation,
+        Match::prompt("lost").on(Route::VeoPoll),
+        1,
+    );
+    fake.script(
+        Fault::Status503,
+        Match::prompt("busy").on(Route::VeoPoll),
+        1,
+    );
+    let submit = |prompt: &'static str| {
+        let client = &client;
+        async move {
+            let (status, text) = client
+                .vertex("predictLongRunning", &veo_body(prompt, 8))
+                .await;
+            assert_eq!(status, 200, "{text}");
+            parse(&text)["name"].as_str().unwrap().to_owned()
+        }
+    };
+    let until_done = |name: String| {
+        let client = &client;
+        async move {
+            for poll in 1..=10 {
+                let answer = client.vertex_poll(&name).await;
+                if answer["done"] == true {
+                    return (poll, answer);
+                }
+            }
+            panic!("{name} never finished");
+        }
+    };
+
+    let (_, rai) = until_done(submit("rai").await).await;
+    assert_eq!(rai["response"]["raiMediaFilteredCount"], 1);
+    assert!(rai["response"]["raiMediaFilteredReasons"][0].is_string());
+    assert!(rai["response"].get("videos").is_none());
+    let (_, error) = until_done(submit("err").await).await;
+    assert_eq!(
+        error["error"],
+        json!({"code": 13, "message": "Internal error."})
+    );
+    assert!(error.get("response").is_none());
+    let never = submit("never").await;
+    for _ in 0..4 {
+        assert_eq!(client.vertex_poll(&never).await["done"], false);
+    }
+    let (polls, _) = until_done(submit("slow").await).await;
+    assert_eq!(polls, 4);
+    let lost = submit("lost").await;
+    let (status, text) = client
+        .vertex("fetchPredictOperation", &json!({"operationName": lost}))
+        .await;
+    google_error(status, &text, 404, "NOT_FOUND");
+    let busy = submit("busy").await;
+    let (status, text) = client
+        .vertex("fetchPredictOperation", &json!({"operationName": busy}))
+        .await;
+    google_error(status, &text, 503, "UNAVAILABLE");
+    assert_eq!(fake.count(Route::VeoSubmit), 6);
+    assert_eq!(
+        fake.submitted_prompts(),
+        ["rai", "err", "never", "slow", "lost", "busy"]
+    );
+}
+
+#[tokio::test]
+async fn service_account_token_exchange_with_gcp_auth() {
+    let fake = FakeGoogle::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = fake.write_service_account(dir.path());
+    let account: Value = parse(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(account["token_uri"], format!("{}/token", fake.base_url()));
+    assert_eq!(account["project_id"], PROJECT);
+
+    let provider = gcp_auth::CustomServiceAccount::from_file(&path).expect("service account");
+    let token = provider
+        .token(&[CLOUD_PLATFORM_SCOPE])
+        .await
+        .unwrap_or_else(|e| panic!("token from the fake: {e:?}\n{:#?}", fake.requests()));
+    assert_eq!(token.as_str(), ACCESS_TOKEN);
+    let recorded = &fake.requests_to(Route::Token)[0];
+    assert_eq!(
+        recorded.form["grant_type"],
+        "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    );
+    assert_eq!(recorded.status, 200);
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/token", fake.base_url());
+    let assertion = &recorded.form["assertion"];
+    let (head, _) = assertion.rsplit_once('.').unwrap();
+    let forged = format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={head}.AAAA"
+    );
+    let form = "application/x-www-form-urlencoded";
+    let (status, text) = send(http.post(&url).header("content-type", form).body(forged)).await;
+    assert_eq!(
+        (status, parse(&text)["error_description"].as_str()),
+        (400, Some("Invalid JWT Signature."))
+    );
+    let (status, text) = send(
+        http.post(&url)
+            .header("content-type", form)
+            .body("grant_type=password"),
+    )
+    .await;
+    assert_eq!(
+        (status, parse(&text)["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
+
+    fake.script(Fault::Status503, Match::route(Route::Token), 1);
+    let fresh = gcp_auth::CustomServiceAccount::from_file(&path).unwrap();
+    let (status, _) = send(
+        http.post(&url)
+            .header("content-type", form)
+            .body("grant_type=x"),
+    )
+    .await;
+    assert_eq!(status, 503, "the scripted fault hits the token route");
+    assert_eq!(
+        fresh.token(&[CLOUD_PLATFORM_SCOPE]).await.unwrap().as_str(),
+        ACCESS_TOKEN
+    );
+    assert_eq!(FakeGoogle::service_account_email(), account["client_email"]);
+}
+
+#[test]
+fn env_points_ttv_at_the_fake_and_drop_stops_it() {
+    let fake = FakeGoogle::start();
+    let env = fake.env();
+    let base = fake.base_url().to_owned();
+    for var in [
+        "TTV_GEMINI_BASE_URL",
+        "TTV_VERTEX_BASE_URL",
+        "TTV_STORAGE_BASE_URL",
+    ] {
+        assert!(env.contains(&(var, base.clone())), "{var}");
+    }
+    assert!(env.contains(&("GEMINI_API_KEY", API_KEY.to_owned())));
+    fake.script(
+        Fault::Hang(Duration::from_secs(60)),
+        Match::any(),
+        Times::Forever,
+    );
+    let address = base.trim_start_matches("http://").to_owned();
+    let mut hanging = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(
+        &mut hanging,
+        format!(
+            "GET /v1beta/files/x:download HTTP/1.1\r\nhost: x\r\nx-goog-api-key: {API_KEY}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    drop(fake);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drop does not wait for hanging requests"
+    );
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "the port is closed after drop"
+    );
+}
