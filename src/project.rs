@@ -601,7 +601,7 @@ impl Project {
                     let at = format!("prices.{model}.{field}");
                     errors.push(
                         self.error_at(&at, format!("`{at}` must be a price in USD, 0 or more"))
-                            .help("e.g. `per_second: 0.40`"),
+                            .help(format!("e.g. `{field}: 0.40`")),
                     );
                 }
             }
@@ -1086,6 +1086,12 @@ shots:
         assert_eq!(e.message, "`firstlast` is not a valid `video.mode`");
         assert_eq!(help(&e), "did you mean `first-last`?");
 
+        let e = only_error("version: 1\nshots: 3\n");
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(2), "`shots` must be a list")
+        );
+
         let e = only_error("version: 1\nshots:\n  - id: a\n    start: s\n    motion: m\n");
         assert_eq!(e.line, Some(3));
         assert_eq!(e.message, "missing `end` in shots.0");
@@ -1099,6 +1105,7 @@ shots:
 
         let e = only_error("version: 1\nversion: 1\nshots: []\n");
         assert_eq!(e.line, Some(2));
+        assert_eq!(help(&e), "a setting is written twice: keep one of them");
     }
 
     #[test]

@@ -118,12 +118,19 @@ pub(super) fn config_error(source: &str, err: &serde_saphyr::Error) -> ProjectEr
     let entries = match entries(source) {
         Ok(e) => e,
         Err(scan) => {
-            return ProjectError::new(
+            let error = ProjectError::new(
                 CONFIG_FILE,
                 Some(scan.marker().line()),
                 format!("YAML syntax error: {}", scan.info()),
-            )
-            .help("fix the YAML on this line: indentation, a missing `:`, or an unclosed quote or bracket");
+            );
+            return if scan.info().contains("duplicated key") {
+                error.help("a setting is written twice: keep one of them")
+            } else {
+                error.help(
+                    "fix the YAML on this line: indentation, a missing `:`, or an unclosed quote \
+                     or bracket",
+                )
+            };
         }
     };
     let err = innermost(err);
@@ -191,15 +198,18 @@ pub(super) fn config_error(source: &str, err: &serde_saphyr::Error) -> ProjectEr
             .help("start with `version: 1` and a `shots:` list (`ttv init` writes an example)"),
         E::MultipleDocuments { .. } => here("ttv.yaml holds more than one YAML document".into())
             .help("remove the `---` line: one ttv.yaml describes one project"),
-        E::Unexpected { expected, .. } if path.is_empty() => here(format!(
-            "ttv.yaml must be a mapping of settings, found no {expected}"
-        ))
-        .help("start with `version: 1` and a `shots:` list (`ttv init` writes an example)"),
-        E::DuplicateMappingKey { key, .. } => here(match key {
-            Some(k) => format!("`{k}` is set twice {}", section(path)),
-            None => format!("a key is set twice {}", section(path)),
-        })
-        .help("keep one of them"),
+        E::Unexpected { .. } if path.is_empty() => {
+            here("ttv.yaml must be a mapping of settings".into())
+                .help("start with `version: 1` and a `shots:` list (`ttv init` writes an example)")
+        }
+        E::Unexpected { expected, .. } => {
+            let (kind, help) = match *expected {
+                "sequence start" => ("a list", "write one `- ...` line per item below it"),
+                "mapping start" => ("a mapping", "write `key: value` lines indented below it"),
+                _ => ("text", "quote the value: `\"...\"`"),
+            };
+            here(format!("{} must be {kind}", setting(path))).help(help)
+        }
         other => here(strip_location(&other.to_string()))
             .help("see DESIGN.md §2 or the ttv.yaml `ttv init` writes for the expected shape"),
     }
@@ -262,8 +272,8 @@ fn scalar_kind(ty: &str) -> (&'static str, &'static str) {
     match ty {
         "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => ("a whole number (0 or more)", "8"),
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => ("a whole number", "8"),
-        "f32" | "f64" => ("a number", "0.5"),
-        "bool" => ("`true` or `false`", "true"),
+        "f32" | "f64" | "floating point" => ("a number", "0.5"),
+        "bool" | "boolean" => ("`true` or `false`", "true"),
         _ => ("text", "\"...\""),
     }
 }
