@@ -1,10 +1,15 @@
 //! The project folder and its ttv.yaml (schema version 1, DESIGN.md §2): parsing, defaults,
 //! and every check that can be made before any work starts.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod yaml;
 
-use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{ProjectError, ProjectErrors};
 
@@ -45,7 +50,7 @@ pub struct KeyframeSettings {
     pub jobs: usize,
     pub max_retries: u32,
     /// Discouraged: used with a warning, never written anywhere.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 }
 
 impl Default for KeyframeSettings {
@@ -110,7 +115,8 @@ pub struct VideoSettings {
     pub max_retries: u32,
     /// Overall limit for one long-running video operation, in seconds.
     pub poll_timeout_seconds: u64,
-    pub api_key: Option<String>,
+    /// Discouraged: used with a warning, never written anywhere.
+    pub api_key: Option<Secret>,
 }
 
 impl Default for VideoSettings {
@@ -222,6 +228,35 @@ pub struct PriceOverride {
     pub per_second: Option<f64>,
 }
 
+/// A credential found in ttv.yaml. Its Debug and Serialize forms are `<redacted>`, so it cannot
+/// leak through logs, `--json` output or anything derived from the config.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The key itself, for the one place that sends it (a request header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
 /// One reference image found in the references folder (bytes are not read here: hashing goes
 /// through the stat cache).
 #[derive(Debug, Clone, PartialEq)]
@@ -247,15 +282,36 @@ pub struct Project {
 }
 
 /// Maps a dotted setting path (`video.duration_seconds`, `shots.2.motion`, `shots.2`) to its
-/// 1-based line in ttv.yaml.
-#[derive(Debug, Clone, Default)]
+/// 1-based line in ttv.yaml. Built on first use: only errors need it, so a valid project never
+/// parses ttv.yaml a second time.
+#[derive(Clone, Default)]
 pub struct LineIndex {
-    lines: BTreeMap<String, usize>,
+    source: Arc<str>,
+    lines: OnceLock<BTreeMap<String, usize>>,
 }
 
 impl LineIndex {
+    fn new(source: String) -> Self {
+        LineIndex {
+            source: source.into(),
+            lines: OnceLock::new(),
+        }
+    }
+
     pub fn get(&self, path: &str) -> Option<usize> {
-        self.lines.get(path).copied()
+        self.lines
+            .get_or_init(|| yaml::line_map(&self.source))
+            .get(path)
+            .copied()
+    }
+}
+
+// The source may hold an api_key: Debug shows only what has been indexed.
+impl fmt::Debug for LineIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineIndex")
+            .field("lines", &self.lines.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -263,8 +319,46 @@ impl Project {
     /// Loads and validates `root/ttv.yaml` and lists the references folder. Every problem found is
     /// returned at once, each with the file, line and what to do.
     pub fn load(root: &Path) -> Result<Project, ProjectErrors> {
-        let _ = root;
-        todo!("implemented by the project helper")
+        let root = std::fs::canonicalize(root).map_err(|_| no_config(root))?;
+        let source = match std::fs::read_to_string(root.join(CONFIG_FILE)) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_config(&root).into()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(
+                    ProjectError::new(CONFIG_FILE, None, "ttv.yaml is not UTF-8 text")
+                        .help("save it with the UTF-8 encoding")
+                        .into(),
+                );
+            }
+            Err(e) => {
+                return Err(ProjectError::new(
+                    CONFIG_FILE,
+                    None,
+                    format!("cannot read ttv.yaml: {e}"),
+                )
+                .help("check the file's permissions")
+                .into());
+            }
+        };
+        let config: Config =
+            serde_saphyr::from_str(&source).map_err(|e| yaml::config_error(&source, &e))?;
+        let mut project = Project {
+            root,
+            config,
+            references: Vec::new(),
+            notes: Vec::new(),
+            lines: LineIndex::new(source),
+        };
+        let mut errors = project.check_settings();
+        errors.extend(project.check_shots());
+        errors.extend(project.scan_references());
+        project.note_api_keys();
+        if errors.is_empty() {
+            return Ok(project);
+        }
+        // ttv.yaml top to bottom, then the problems in other files.
+        errors.sort_by_key(|e| (e.file != Path::new(CONFIG_FILE), e.line));
+        Err(ProjectErrors(errors))
     }
 
     /// ttv.yaml, as the user would name it in messages.
@@ -301,8 +395,1029 @@ impl Project {
     }
 }
 
+/// Why a path written in ttv.yaml cannot be used as an input of the project.
+enum PathProblem {
+    Empty,
+    Absolute,
+    /// `..` climbs out of the project folder.
+    Escapes,
+    Missing,
+    /// A symlink on the way resolves outside the project folder.
+    LinksOutside(PathBuf),
+    Unreadable(io::Error),
+}
+
+/// Resolves `rel` inside `root` (canonical), refusing anything that would make the project
+/// depend on files outside its folder.
+fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, PathProblem> {
+    if rel.trim().is_empty() {
+        return Err(PathProblem::Empty);
+    }
+    let mut depth = 0usize;
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => return Err(PathProblem::Absolute),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth = depth.checked_sub(1).ok_or(PathProblem::Escapes)?;
+            }
+            Component::Normal(_) => depth += 1,
+        }
+    }
+    match std::fs::canonicalize(root.join(rel)) {
+        Ok(p) if p.starts_with(root) => Ok(p),
+        Ok(p) => Err(PathProblem::LinksOutside(p)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PathProblem::Missing),
+        Err(e) => Err(PathProblem::Unreadable(e)),
+    }
+}
+
+/// `rel` without `.` components: how the path is shown and recorded.
+fn tidy(rel: &str) -> PathBuf {
+    Path::new(rel)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+fn is_image(name: &Path) -> bool {
+    name.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// `.png .jpg .jpeg .webp .bmp`
+fn image_extensions() -> String {
+    IMAGE_EXTENSIONS
+        .iter()
+        .map(|e| format!(".{e}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn valid_shot_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A valid id close to an invalid one (`Storm 2` -> `storm-2`).
+fn slug(id: &str) -> String {
+    let mut out = String::new();
+    for c in id.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+const OUTSIDE_HELP: &str = "copy the file into the project folder and give its path relative to \
+                            it, so the project builds the same anywhere";
+
+impl Project {
+    /// The error for a path setting at `at` that [`resolve_inside`] refused.
+    fn path_error(&self, at: &str, rel: &str, problem: PathProblem) -> ProjectError {
+        let name = format!("`{at}`");
+        match problem {
+            PathProblem::Empty => self
+                .error_at(at, format!("{name} is empty"))
+                .help("give a path relative to the project folder"),
+            PathProblem::Absolute => self
+                .error_at(at, format!("{name} is an absolute path: `{rel}`"))
+                .help(OUTSIDE_HELP),
+            PathProblem::Escapes => self
+                .error_at(
+                    at,
+                    format!("{name} points outside the project folder: `{rel}`"),
+                )
+                .help(OUTSIDE_HELP),
+            PathProblem::LinksOutside(target) => self
+                .error_at(
+                    at,
+                    format!(
+                        "{name} `{rel}` resolves to {}, outside the project folder",
+                        target.display()
+                    ),
+                )
+                .help(OUTSIDE_HELP),
+            PathProblem::Missing => self
+                .error_at(at, format!("{name} `{rel}` does not exist"))
+                .help(format!(
+                    "paths are relative to the project folder {}",
+                    self.root.display()
+                )),
+            PathProblem::Unreadable(e) => self
+                .error_at(at, format!("cannot read {name} `{rel}`: {e}"))
+                .help("check its permissions"),
+        }
+    }
+
+    /// Everything outside `shots:` and the references folder.
+    fn check_settings(&self) -> Vec<ProjectError> {
+        let c = &self.config;
+        let mut errors = Vec::new();
+        if c.version != 1 {
+            errors.push(
+                self.error_at("version", format!("unknown ttv.yaml version {}", c.version))
+                    .help("this ttv reads `version: 1`"),
+            );
+        }
+        for (at, jobs) in [
+            ("keyframes.jobs", c.keyframes.jobs),
+            ("video.jobs", c.video.jobs),
+        ] {
+            if jobs == 0 {
+                errors.push(
+                    self.error_at(at, format!("`{at}` must be at least 1"))
+                        .help("it is how many requests to this backend run at once"),
+                );
+            }
+        }
+        if c.video.duration_seconds == 0 {
+            errors.push(
+                self.error_at(
+                    "video.duration_seconds",
+                    "`video.duration_seconds` must be at least 1",
+                )
+                .help("set the length of each segment in seconds, e.g. 8"),
+            );
+        }
+        if c.video.poll_timeout_seconds == 0 {
+            errors.push(
+                self.error_at(
+                    "video.poll_timeout_seconds",
+                    "`video.poll_timeout_seconds` must be at least 1",
+                )
+                .help("it is how long one video generation may take, e.g. 900"),
+            );
+        }
+        if c.video.keyframe_position == KeyframePosition::Middle {
+            errors.push(
+                self.error_at(
+                    "video.keyframe_position",
+                    "`keyframe_position: middle` has no frame to point at: each segment is made \
+                     from its start and end frames, and no frame sits in the middle of a segment",
+                )
+                .help(
+                    "use `first` (send the frame the shot starts on) or `last` (the frame it \
+                     ends on)",
+                ),
+            );
+        }
+        if let Some(f) = &c.final_ {
+            let path = Path::new(&f.output);
+            let plain = !f.output.contains(['/', '\\'])
+                && matches!(
+                    path.components().collect::<Vec<_>>()[..],
+                    [Component::Normal(_)]
+                );
+            let problem = if !plain {
+                Some(format!(
+                    "`final.output` must be a file name, not a path: `{}`",
+                    f.output
+                ))
+            } else if !path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
+            {
+                Some(format!("`final.output` must end in .mp4: `{}`", f.output))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                errors.push(
+                    self.error_at("final.output", message)
+                        .help("e.g. `output: final.mp4`; it is written to build/"),
+                );
+            }
+        }
+        for (model, p) in &c.prices {
+            for (field, value) in [("per_image", p.per_image), ("per_second", p.per_second)] {
+                if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                    let at = format!("prices.{model}.{field}");
+                    errors.push(
+                        self.error_at(&at, format!("`{at}` must be a price in USD, 0 or more"))
+                            .help(format!("e.g. `{field}: 0.40`")),
+                    );
+                }
+            }
+        }
+        errors
+    }
+
+    fn check_shots(&self) -> Vec<ProjectError> {
+        let shots = &self.config.shots;
+        let mut errors = Vec::new();
+        if shots.is_empty() {
+            errors.push(
+                self.error_at("shots", "no shots")
+                    .help("add at least one shot with `id`, `start`, `end` and `motion`"),
+            );
+        }
+        let mut first_use: HashMap<&str, usize> = HashMap::new();
+        for (i, shot) in shots.iter().enumerate() {
+            let at = |field: &str| format!("shots.{i}.{field}");
+            let id = &shot.id;
+            if !valid_shot_id(id) {
+                let fix = slug(id);
+                let help = if fix.is_empty() {
+                    "use lower-case letters, digits and `-`: the id names files and node ids"
+                        .to_string()
+                } else {
+                    format!(
+                        "use lower-case letters, digits and `-` (it names files and node ids), \
+                         e.g. `{fix}`"
+                    )
+                };
+                errors.push(
+                    self.error_at(&at("id"), format!("shot id `{id}` is not valid"))
+                        .help(help),
+                );
+            }
+            if let Some(&first) = first_use.get(id.as_str()) {
+                let first_line = self
+                    .line_of(&format!("shots.{first}.id"))
+                    .map_or(String::new(), |l| format!(" (first on line {l})"));
+                errors.push(
+                    self.error_at(
+                        &at("id"),
+                        format!("shot id `{id}` is used twice{first_line}"),
+                    )
+                    .help("give each shot its own id"),
+                );
+            } else {
+                first_use.insert(id, i);
+            }
+
+            let own_start = i == 0 || shot.transition == Transition::Cut;
+            if own_start {
+                match (&shot.start, &shot.start_image) {
+                    (None, None) => {
+                        let what = if i == 0 {
+                            "is the first shot"
+                        } else {
+                            "is a cut"
+                        };
+                        errors.push(
+                            self.error_at(
+                                &format!("shots.{i}"),
+                                format!("shot `{id}` {what} but has no start frame"),
+                            )
+                            .help(
+                                "add `start: \"...\"` (a prompt for the frame it starts on) or \
+                                 `start_image: path/to/image.png`",
+                            ),
+                        );
+                    }
+                    (Some(_), Some(_)) => errors.push(
+                        self.error_at(
+                            &at("start_image"),
+                            format!("shot `{id}` has both `start` and `start_image`"),
+                        )
+                        .help(
+                            "keep one: `start` generates the frame from a prompt, \
+                             `start_image` uses your image as it is",
+                        ),
+                    ),
+                    (None, Some(image)) => errors.extend(self.check_start_image(i, image)),
+                    (Some(_), None) => {}
+                }
+            } else {
+                let prev = &shots[i - 1].id;
+                for (field, set) in [
+                    ("start", shot.start.is_some()),
+                    ("start_image", shot.start_image.is_some()),
+                    ("start_take", shot.start_take.is_some()),
+                ] {
+                    if set {
+                        errors.push(
+                            self.error_at(
+                                &at(field),
+                                format!(
+                                    "shot `{id}` starts on the end frame of `{prev}`, so it has \
+                                     no `{field}` of its own"
+                                ),
+                            )
+                            .help(format!(
+                                "add `transition: cut` to start it on a frame of its own, or \
+                                 remove `{field}`"
+                            )),
+                        );
+                    }
+                }
+            }
+
+            if shot.duration_seconds == Some(0) {
+                errors.push(
+                    self.error_at(
+                        &at("duration_seconds"),
+                        format!("`{}` must be at least 1", at("duration_seconds")),
+                    )
+                    .help("set the length of the segment in seconds, e.g. 8"),
+                );
+            }
+            for (field, value, node) in [
+                ("take", shot.take, format!("segment/{id}")),
+                ("start_take", shot.start_take, format!("frame/{id}/start")),
+                ("end_take", shot.end_take, format!("frame/{id}/end")),
+            ] {
+                if value == Some(0) {
+                    errors.push(
+                        self.error_at(&at(field), "takes are numbered from 1")
+                            .help(format!("`ttv takes {node}` lists them")),
+                    );
+                }
+            }
+        }
+        errors
+    }
+
+    fn check_start_image(&self, shot: usize, image: &str) -> Option<ProjectError> {
+        let at = format!("shots.{shot}.start_image");
+        let path = match resolve_inside(&self.root, image) {
+            Ok(p) => p,
+            Err(problem) => return Some(self.path_error(&at, image, problem)),
+        };
+        if !path.is_file() {
+            Some(
+                self.error_at(&at, format!("`{at}` `{image}` is not a file"))
+                    .help(format!(
+                        "give the path of an image ({})",
+                        image_extensions()
+                    )),
+            )
+        } else if !is_image(Path::new(image)) {
+            Some(
+                self.error_at(&at, format!("`{at}` `{image}` is not an image"))
+                    .help(format!("use one of {}", image_extensions())),
+            )
+        } else {
+            None
+        }
+    }
+
+    /// Lists the references folder into `references` and `notes`. Reads no image bytes: they are
+    /// hashed later through the stat cache.
+    fn scan_references(&mut self) -> Vec<ProjectError> {
+        let at = "keyframes.references";
+        let rel = self.config.keyframes.references.clone();
+        let dir = match resolve_inside(&self.root, &rel) {
+            Ok(d) if d.is_dir() => d,
+            Ok(_) => {
+                return vec![
+                    self.error_at(at, format!("`{at}` `{rel}` is not a folder"))
+                        .help("point it at the folder of your reference images"),
+                ];
+            }
+            Err(PathProblem::Missing) => {
+                return vec![
+                    self.error_at(at, format!("the references folder `{rel}` does not exist"))
+                        .help(
+                            "create references/ with your character and setting images, or set \
+                             keyframes.references",
+                        ),
+                ];
+            }
+            Err(problem) => return vec![self.path_error(at, &rel, problem)],
+        };
+        let rel_dir = tidy(&rel);
+        let mut errors = Vec::new();
+        let mut found = Vec::new();
+        let walk = walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .max_depth(1)
+            .sort_by_file_name();
+        for entry in walk {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(
+                        ProjectError::new(&rel_dir, None, format!("cannot list the folder: {e}"))
+                            .help("check its permissions"),
+                    );
+                    continue;
+                }
+            };
+            let rel_path = rel_dir.join(entry.file_name());
+            let shown = rel_path.display();
+            let Some(file_name) = entry.file_name().to_str() else {
+                errors.push(
+                    ProjectError::new(&rel_path, None, "the file name is not UTF-8")
+                        .help("rename it: its name is how prompts refer to it"),
+                );
+                continue;
+            };
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let is_dir = if entry.path_is_symlink() {
+                match std::fs::canonicalize(entry.path()) {
+                    Ok(target) if target.starts_with(&self.root) => target.is_dir(),
+                    Ok(target) => {
+                        errors.push(
+                            ProjectError::new(
+                                &rel_path,
+                                None,
+                                format!(
+                                    "{shown} links to {}, outside the project folder",
+                                    target.display()
+                                ),
+                            )
+                            .help(format!(
+                                "copy the image into {} instead of linking to it, so the \
+                                 project carries its inputs",
+                                rel_dir.display()
+                            )),
+                        );
+                        continue;
+                    }
+                    Err(_) => {
+                        errors.push(
+                            ProjectError::new(&rel_path, None, format!("{shown} is a broken link"))
+                                .help("point it at an image inside the project, or remove it"),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                entry.file_type().is_dir()
+            };
+            let file_name = Path::new(file_name);
+            if is_dir {
+                self.notes.push(format!(
+                    "{shown} skipped: a folder (references are not searched in subfolders)"
+                ));
+            } else if !is_image(file_name) {
+                self.notes.push(format!(
+                    "{shown} skipped: not an image ({})",
+                    image_extensions()
+                ));
+            } else if let Some(stem) = file_name.file_stem().and_then(|s| s.to_str()) {
+                found.push(Reference {
+                    name: stem.to_string(),
+                    rel_path,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name).then(a.rel_path.cmp(&b.rel_path)));
+        for pair in found.windows(2) {
+            if pair[0].name == pair[1].name {
+                errors.push(
+                    ProjectError::new(
+                        &pair[1].rel_path,
+                        None,
+                        format!(
+                            "two references are named `{}`: {} and {}",
+                            pair[0].name,
+                            pair[0].rel_path.display(),
+                            pair[1].rel_path.display()
+                        ),
+                    )
+                    .help(
+                        "rename or remove one: a reference is known by its file name without \
+                         the extension",
+                    ),
+                );
+            }
+        }
+        self.references = found;
+        errors
+    }
+
+    fn note_api_keys(&mut self) {
+        let c = &self.config;
+        for (at, set) in [
+            ("keyframes.api_key", c.keyframes.api_key.is_some()),
+            ("video.api_key", c.video.api_key.is_some()),
+        ] {
+            if set {
+                let place = self
+                    .line_of(at)
+                    .map_or(CONFIG_FILE.to_string(), |l| format!("{CONFIG_FILE}:{l}"));
+                self.notes.push(format!(
+                    "{place}: `{at}` is used, but a key does not belong in ttv.yaml (it is easily \
+                     committed or shared): set GEMINI_API_KEY in the environment and remove it"
+                ));
+            }
+        }
+    }
+}
+
 /// Finds the project folder: `dir` if given, else the nearest folder upwards holding ttv.yaml.
 pub fn find_root(dir: Option<&Path>) -> Result<PathBuf, ProjectError> {
-    let _ = dir;
-    todo!("implemented by the project helper")
+    match dir {
+        Some(dir) if dir.join(CONFIG_FILE).is_file() => {
+            std::fs::canonicalize(dir).map_err(|_| no_config(dir))
+        }
+        Some(dir) => Err(no_config(dir)),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                ProjectError::new(
+                    CONFIG_FILE,
+                    None,
+                    format!("cannot read the current folder: {e}"),
+                )
+                .help("pass -C DIR")
+            })?;
+            find_root_above(&cwd)
+        }
+    }
+}
+
+fn find_root_above(start: &Path) -> Result<PathBuf, ProjectError> {
+    start
+        .ancestors()
+        .find(|dir| dir.join(CONFIG_FILE).is_file())
+        .and_then(|dir| std::fs::canonicalize(dir).ok())
+        .ok_or_else(|| {
+            ProjectError::new(
+                CONFIG_FILE,
+                None,
+                "no ttv.yaml here or in any parent folder",
+            )
+            .help("run `ttv init` to start a project, or pass -C DIR")
+        })
+}
+
+fn no_config(dir: &Path) -> ProjectError {
+    ProjectError::new(
+        CONFIG_FILE,
+        None,
+        format!("no ttv.yaml in {}", dir.display()),
+    )
+    .help("run `ttv init`, or pass -C DIR")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOTS: &str = "shots:
+  - id: arrival
+    start: \"A lighthouse at dusk\"
+    end: \"The keeper opens the door\"
+    motion: \"Slow dolly in\"
+";
+
+    /// A project folder with `yaml` as ttv.yaml and an empty references/.
+    fn folder(yaml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), yaml).unwrap();
+        std::fs::create_dir(dir.path().join("references")).unwrap();
+        dir
+    }
+
+    fn errors_of(dir: &tempfile::TempDir) -> Vec<ProjectError> {
+        match Project::load(dir.path()) {
+            Ok(p) => panic!("loaded a project that should fail: {p:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn only_error(yaml: &str) -> ProjectError {
+        let dir = folder(yaml);
+        let mut errors = errors_of(&dir);
+        assert_eq!(errors.len(), 1, "{}", ProjectErrors(errors.clone()));
+        errors.remove(0)
+    }
+
+    fn help(e: &ProjectError) -> &str {
+        e.help.as_deref().unwrap_or_default()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let dir = folder(&format!("version: 1\n{SHOTS}"));
+        let p = Project::load(dir.path()).unwrap();
+        assert!(p.root.is_absolute());
+        assert_eq!(p.root, std::fs::canonicalize(dir.path()).unwrap());
+        assert_eq!(p.config.keyframes, KeyframeSettings::default());
+        assert_eq!(p.config.video, VideoSettings::default());
+        assert_eq!(p.config.final_, None);
+        assert_eq!(p.config.shots[0].transition, Transition::Continue);
+        assert!(p.references.is_empty() && p.notes.is_empty());
+        // Nothing went wrong, so ttv.yaml was parsed once, by serde.
+        assert!(p.lines.lines.get().is_none());
+        assert_eq!(p.line_of("shots.0.motion"), Some(6));
+        assert_eq!(p.line_of("shots.0.seed"), Some(3), "falls back to the shot");
+        assert_eq!(p.line_of("video.seed"), None);
+    }
+
+    #[test]
+    fn line_index_names_nested_settings() {
+        let yaml = "version: 1
+video:
+  duration_seconds: 6
+  fallback:
+    - backend: veo
+      model: veo-3.0-fast-generate-001
+keyframes:
+  references: references
+final:
+  output: film.mp4
+shots:
+  - id: a
+    start: s
+    end: e
+    motion: m
+  - id: b
+    end: e
+    motion: m
+";
+        let dir = folder(yaml);
+        let p = Project::load(dir.path()).unwrap();
+        assert_eq!(p.config.final_.as_ref().unwrap().output, "film.mp4");
+        for (path, line) in [
+            ("video.duration_seconds", 3),
+            ("video.fallback.0.backend", 5),
+            ("video.fallback.0.model", 6),
+            ("keyframes.references", 8),
+            ("shots.1", 16),
+            ("shots.1.motion", 18),
+        ] {
+            assert_eq!(p.line_of(path), Some(line), "{path}");
+        }
+        let e = p.error_at("video.fallback.0.backend", "unknown video backend `x`");
+        assert_eq!(e.to_string(), "ttv.yaml:5: unknown video backend `x`");
+    }
+
+    #[test]
+    fn misspelt_key_suggests_the_right_one() {
+        let e = only_error(&format!(
+            "version: 1\nvideo:\n  resolution: 720p\n  duraton_seconds: 6\n{SHOTS}"
+        ));
+        assert_eq!(e.file, Path::new("ttv.yaml"));
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.message, "unknown key `duraton_seconds` in video");
+        assert_eq!(help(&e), "did you mean `duration_seconds`?");
+
+        let e = only_error(&format!("version: 1\n{SHOTS}    moton: x\n"));
+        assert_eq!(e.line, Some(7));
+        assert_eq!(e.message, "unknown key `moton` in shots.0");
+        assert_eq!(help(&e), "did you mean `motion`?");
+
+        let e = only_error(&format!("version: 1\ncolour: red\n{SHOTS}"));
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.message, "unknown key `colour` at the top level");
+        assert!(
+            help(&e).starts_with("expected one of: version, name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_setting_and_what_it_takes() {
+        let e = only_error(&format!(
+            "version: 1\nvideo:\n  duration_seconds: eight\n{SHOTS}"
+        ));
+        assert_eq!(e.line, Some(3));
+        assert_eq!(
+            e.message,
+            "`video.duration_seconds` must be a whole number (0 or more), not `eight`"
+        );
+        assert_eq!(help(&e), "for example `duration_seconds: 8`");
+
+        let e = only_error(&format!("version: 1\nvideo:\n  mode: firstlast\n{SHOTS}"));
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.message, "`firstlast` is not a valid `video.mode`");
+        assert_eq!(help(&e), "did you mean `first-last`?");
+
+        let e = only_error("version: 1\nshots: 3\n");
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(2), "`shots` must be a list")
+        );
+
+        let e = only_error("version: 1\nshots:\n  - id: a\n    start: s\n    motion: m\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.message, "missing `end` in shots.0");
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_the_line() {
+        let e = only_error("version: 1\nvideo: {mode: single\nshots: []\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.starts_with("YAML syntax error: "), "{e}");
+
+        let e = only_error("version: 1\nversion: 1\nshots: []\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(help(&e), "a setting is written twice: keep one of them");
+    }
+
+    #[test]
+    fn missing_config_says_how_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = Project::load(dir.path()).unwrap_err().0;
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.starts_with("no ttv.yaml in "),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(help(&errors[0]), "run `ttv init`, or pass -C DIR");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_line() {
+        let yaml = "version: 2
+keyframes:
+  jobs: 0
+video:
+  keyframe_position: middle
+  duration_seconds: 0
+final:
+  output: out/film.mov
+shots:
+  - id: Arrival Night
+    end: e
+    motion: m
+  - id: storm
+    start: s
+    end: e
+    motion: m
+  - id: storm
+    transition: cut
+    end: e
+    motion: m
+  - id: dream
+    transition: cut
+    start: s
+    start_image: dream.png
+    end: e
+    motion: m
+    take: 0
+";
+        let dir = folder(yaml);
+        std::fs::write(dir.path().join("dream.png"), b"png").unwrap();
+        let errors = errors_of(&dir);
+        let got: Vec<(Option<usize>, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        let expected: Vec<(Option<usize>, &str)> = vec![
+            (Some(1), "unknown ttv.yaml version 2"),
+            (Some(3), "`keyframes.jobs` must be at least 1"),
+            (
+                Some(5),
+                "`keyframe_position: middle` has no frame to point at: each segment is made from \
+                 its start and end frames, and no frame sits in the middle of a segment",
+            ),
+            (Some(6), "`video.duration_seconds` must be at least 1"),
+            (
+                Some(8),
+                "`final.output` must be a file name, not a path: `out/film.mov`",
+            ),
+            (Some(10), "shot id `Arrival Night` is not valid"),
+            (
+                Some(10),
+                "shot `Arrival Night` is the first shot but has no start frame",
+            ),
+            (
+                Some(14),
+                "shot `storm` starts on the end frame of `Arrival Night`, so it has no `start` of \
+                 its own",
+            ),
+            (Some(17), "shot id `storm` is used twice (first on line 13)"),
+            (Some(17), "shot `storm` is a cut but has no start frame"),
+            (Some(24), "shot `dream` has both `start` and `start_image`"),
+            (Some(27), "takes are numbered from 1"),
+        ];
+        assert_eq!(got, expected, "{}", ProjectErrors(errors.clone()));
+        assert!(errors.iter().all(|e| e.file == Path::new("ttv.yaml")));
+        assert!(errors.iter().all(|e| e.help.is_some()));
+        assert_eq!(help(&errors[5]).rsplit('`').nth(1), Some("arrival-night"));
+        assert!(help(&errors[7]).contains("transition: cut"));
+        assert!(help(&errors[2]).contains("`first`") && help(&errors[2]).contains("`last`"));
+        assert!(
+            !dir.path().join(".ttv").exists(),
+            "loading must not create the cache"
+        );
+    }
+
+    #[test]
+    fn final_output_must_be_an_mp4_file_name() {
+        let e = only_error(&format!("version: 1\nfinal:\n  output: film.mov\n{SHOTS}"));
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.message, "`final.output` must end in .mp4: `film.mov`");
+        let e = only_error(&format!(
+            "version: 1\nfinal:\n  output: ../final.mp4\n{SHOTS}"
+        ));
+        assert!(e.message.contains("must be a file name"), "{e}");
+    }
+
+    fn with_start_image(image: &str) -> String {
+        format!(
+            "version: 1\nshots:\n  - id: a\n    start_image: {image}\n    end: e\n    motion: m\n"
+        )
+    }
+
+    #[test]
+    fn start_image_must_be_an_image_inside_the_project() {
+        let dir = folder(&with_start_image("frames/first.png"));
+        std::fs::create_dir(dir.path().join("frames")).unwrap();
+        std::fs::write(dir.path().join("frames/first.png"), b"png").unwrap();
+        let p = Project::load(dir.path()).unwrap();
+        assert_eq!(
+            p.config.shots[0].start_image.as_deref(),
+            Some("frames/first.png")
+        );
+
+        for (image, message) in [
+            (
+                "../../x.png",
+                "`shots.0.start_image` points outside the project folder: `../../x.png`",
+            ),
+            (
+                "/etc/hosts.png",
+                "`shots.0.start_image` is an absolute path: `/etc/hosts.png`",
+            ),
+            (
+                "frames/missing.png",
+                "`shots.0.start_image` `frames/missing.png` does not exist",
+            ),
+            (
+                "notes.txt",
+                "`shots.0.start_image` `notes.txt` is not an image",
+            ),
+        ] {
+            let dir = folder(&with_start_image(image));
+            std::fs::write(dir.path().join("notes.txt"), b"text").unwrap();
+            let errors = errors_of(&dir);
+            assert_eq!(
+                errors.len(),
+                1,
+                "{image}: {}",
+                ProjectErrors(errors.clone())
+            );
+            assert_eq!(errors[0].line, Some(4), "{image}");
+            assert_eq!(errors[0].message, message);
+        }
+    }
+
+    #[test]
+    fn start_image_symlinked_outside_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.png"), b"png").unwrap();
+        let dir = folder(&with_start_image("linked.png"));
+        std::os::unix::fs::symlink(outside.path().join("x.png"), dir.path().join("linked.png"))
+            .unwrap();
+        let errors = errors_of(&dir);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(4));
+        assert!(
+            errors[0].message.contains("outside the project folder"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn references_are_listed_by_stem_and_others_skipped_with_a_note() {
+        let dir = folder(&format!("version: 1\n{SHOTS}"));
+        let refs = dir.path().join("references");
+        for name in [
+            "setting.JPG",
+            "hero.png",
+            "hero-2.webp",
+            "notes.txt",
+            ".DS_Store",
+        ] {
+            std::fs::write(refs.join(name), b"bytes").unwrap();
+        }
+        std::fs::create_dir(refs.join("old")).unwrap();
+        let p = Project::load(dir.path()).unwrap();
+        let got: Vec<(&str, &Path)> = p
+            .references
+            .iter()
+            .map(|r| (r.name.as_str(), r.rel_path.as_path()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("hero", Path::new("references/hero.png")),
+                ("hero-2", Path::new("references/hero-2.webp")),
+                ("setting", Path::new("references/setting.JPG")),
+            ]
+        );
+        assert_eq!(
+            p.notes,
+            vec![
+                "references/notes.txt skipped: not an image (.png .jpg .jpeg .webp .bmp)",
+                "references/old skipped: a folder (references are not searched in subfolders)",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_references_folder_points_at_the_setting() {
+        let dir = folder(&format!(
+            "version: 1\nkeyframes:\n  references: refs\n{SHOTS}"
+        ));
+        let errors = errors_of(&dir);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(3));
+        assert_eq!(
+            errors[0].message,
+            "the references folder `refs` does not exist"
+        );
+        assert_eq!(
+            help(&errors[0]),
+            "create references/ with your character and setting images, or set \
+             keyframes.references"
+        );
+
+        let e = only_error(&format!(
+            "version: 1\nkeyframes:\n  references: ../refs\n{SHOTS}"
+        ));
+        assert_eq!(e.line, Some(3));
+        assert!(
+            e.message.contains("points outside the project folder"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reference_symlinked_outside_is_an_error_naming_the_file() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.png"), b"png").unwrap();
+        let dir = folder(&format!("version: 1\n{SHOTS}"));
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            dir.path().join("references/villain.png"),
+        )
+        .unwrap();
+        // A link that stays inside the project is fine.
+        std::fs::write(dir.path().join("hero.png"), b"png").unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("hero.png"),
+            dir.path().join("references/hero.png"),
+        )
+        .unwrap();
+        let errors = errors_of(&dir);
+        assert_eq!(errors.len(), 1, "{}", ProjectErrors(errors.clone()));
+        assert_eq!(errors[0].file, Path::new("references/villain.png"));
+        assert!(
+            errors[0].message.contains("outside the project folder"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn two_references_with_one_stem_are_an_error_naming_both() {
+        let dir = folder(&format!("version: 1\n{SHOTS}"));
+        std::fs::write(dir.path().join("references/hero.png"), b"png").unwrap();
+        std::fs::write(dir.path().join("references/hero.jpg"), b"jpg").unwrap();
+        let errors = errors_of(&dir);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].message,
+            "two references are named `hero`: references/hero.jpg and references/hero.png"
+        );
+    }
+
+    #[test]
+    fn api_key_in_config_is_used_with_a_note_and_never_shown() {
+        let key = "AIzaSy-very-secret";
+        let dir = folder(&format!(
+            "version: 1\nkeyframes:\n  api_key: {key}\n{SHOTS}"
+        ));
+        let p = Project::load(dir.path()).unwrap();
+        assert_eq!(p.config.keyframes.api_key.as_ref().unwrap().expose(), key);
+        assert_eq!(p.notes.len(), 1);
+        assert!(p.notes[0].starts_with("ttv.yaml:3: `keyframes.api_key` is used"));
+        assert!(p.notes[0].contains("GEMINI_API_KEY"));
+        let shown = [
+            format!("{p:?}"),
+            p.notes.join("\n"),
+            serde_json::to_string(&p.config).unwrap(),
+        ];
+        for text in shown {
+            assert!(!text.contains(key), "the key leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn find_root_takes_the_given_folder_or_searches_upwards() {
+        let dir = folder(&format!("version: 1\n{SHOTS}"));
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(find_root(Some(dir.path())).unwrap(), root);
+        let nested = dir.path().join("references/deeper");
+        std::fs::create_dir(&nested).unwrap();
+        assert_eq!(find_root_above(&nested).unwrap(), root);
+
+        let e = find_root(Some(&nested)).unwrap_err();
+        assert!(e.message.starts_with("no ttv.yaml in "), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = find_root_above(empty.path()).unwrap_err();
+        assert_eq!(e.message, "no ttv.yaml here or in any parent folder");
+        assert_eq!(
+            help(&e),
+            "run `ttv init` to start a project, or pass -C DIR"
+        );
+    }
 }
