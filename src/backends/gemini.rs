@@ -12,7 +12,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 use serde_json::{Value, json};
 
-use super::http::{CallError, Failure, Http, Secret, send_json};
+use super::http::{CallError, Failure, Http, Secret, key_header, send_json};
 use super::{
     FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, auth,
 };
@@ -122,7 +122,7 @@ impl FrameGenerator for GeminiFrames {
                         self.http
                             .client()
                             .post(url)
-                            .header("x-goog-api-key", self.key.expose())
+                            .header("x-goog-api-key", key_header(&self.key)?)
                             .header(reqwest::header::CONTENT_TYPE, "application/json")
                             .body(body.clone()),
                     )
@@ -168,7 +168,7 @@ fn request_body(req: &FrameRequest) -> Result<Value, GenError> {
     for r in &req.references {
         images.push(prepare_image(r, ACCEPTED, MAX_IMAGE_BYTES)?);
     }
-    fit_request(&mut images, req.prompt.len())?;
+    fit_request(&mut images, req.prompt.len(), MAX_REQUEST_BYTES)?;
     let mut images = images.into_iter();
     let mut parts = vec![json!({"text": req.prompt})];
     if req.input_image.is_some()
@@ -190,21 +190,21 @@ fn request_body(req: &FrameRequest) -> Result<Value, GenError> {
     }))
 }
 
-/// Halves the largest image until the base64 of all of them fits in the request limit.
-fn fit_request(images: &mut [Prepared], prompt_bytes: usize) -> Result<(), GenError> {
+/// Halves the largest image until the base64 of all of them fits in `limit` bytes of request.
+fn fit_request(images: &mut [Prepared], prompt_bytes: usize, limit: usize) -> Result<(), GenError> {
     let inline = |images: &[Prepared]| -> usize {
         images.iter().map(|i| i.bytes.len().div_ceil(3) * 4).sum()
     };
-    while inline(images) + prompt_bytes + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
+    while inline(images) + prompt_bytes + REQUEST_OVERHEAD > limit {
         let Some(largest) = images.iter_mut().max_by_key(|i| i.bytes.len()) else {
             break;
         };
         *largest = shrink(largest)?;
     }
-    if inline(images) + prompt_bytes + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
+    if inline(images) + prompt_bytes + REQUEST_OVERHEAD > limit {
         return Err(GenError::Permanent(format!(
-            "the prompt ({prompt_bytes} bytes) leaves no room for the images in a {} MB request",
-            MAX_REQUEST_BYTES / (1024 * 1024)
+            "the prompt ({prompt_bytes} bytes) leaves no room for the images in a {limit}-byte \
+             request"
         )));
     }
     Ok(())

@@ -257,6 +257,17 @@ impl fmt::Display for CallError {
     }
 }
 
+/// The `x-goog-api-key` header value, marked sensitive so the HTTP stack never prints it.
+pub fn key_header(key: &Secret) -> Result<reqwest::header::HeaderValue, Failure> {
+    let mut value = reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
+        Failure::Final(GenError::Permanent(
+            "the API key contains characters that cannot be sent in a header".into(),
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// The process's one HTTP client (connection pool, TLS setup); timeouts are set per request.
 pub fn shared_client() -> Result<reqwest::Client, String> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -462,4 +473,308 @@ pub async fn download(
         )))
     })?;
     Ok(written)
+}
+
+/// A real HTTP server on 127.0.0.1 that answers from a closure and records every request.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+
+    #[derive(Debug, Clone)]
+    pub struct Seen {
+        pub method: String,
+        /// Path and query, as sent.
+        pub target: String,
+        pub headers: HeaderMap,
+        pub body: Vec<u8>,
+    }
+
+    impl Seen {
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).expect("request body is JSON")
+        }
+
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    }
+
+    pub struct Reply {
+        pub status: u16,
+        pub headers: Vec<(&'static str, String)>,
+        pub body: Vec<u8>,
+        pub delay: Duration,
+    }
+
+    impl Reply {
+        pub fn json(status: u16, body: serde_json::Value) -> Reply {
+            Reply::bytes(status, body.to_string().into_bytes())
+        }
+
+        pub fn bytes(status: u16, body: Vec<u8>) -> Reply {
+            Reply {
+                status,
+                headers: Vec::new(),
+                body,
+                delay: Duration::ZERO,
+            }
+        }
+
+        pub fn header(mut self, name: &'static str, value: &str) -> Reply {
+            self.headers.push((name, value.to_string()));
+            self
+        }
+
+        pub fn after(mut self, delay: Duration) -> Reply {
+            self.delay = delay;
+            self
+        }
+    }
+
+    pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+    /// Serves `answer(request, index of the request)`; returns the base URL and the log.
+    pub async fn serve<F>(answer: F) -> (String, Log)
+    where
+        F: Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    {
+        let log: Log = Arc::default();
+        let answer = Arc::new(answer);
+        let seen = log.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (answer, seen) = (answer.clone(), seen.clone());
+                async move {
+                    let req = Seen {
+                        method: method.to_string(),
+                        target: uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
+                        headers,
+                        body: body.to_vec(),
+                    };
+                    let reply = {
+                        let mut log = seen.lock().unwrap();
+                        log.push(req.clone());
+                        answer(&req, log.len() - 1)
+                    };
+                    tokio::time::sleep(reply.delay).await;
+                    let mut resp: Response =
+                        (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+                    for (k, v) in reply.headers {
+                        resp.headers_mut().insert(k, v.parse().unwrap());
+                    }
+                    resp
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (base, log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::test_server::{Reply, serve};
+    use super::*;
+
+    fn quiet(_: String) {}
+
+    fn http(timeout: f64, retries: u32) -> Http {
+        Http::new(timeout, retries)
+            .unwrap()
+            .with_first_delay(Duration::from_millis(5))
+    }
+
+    async fn get_json(http: &Http, url: &str) -> Result<Value, CallError> {
+        http.retry("test call", &[], &quiet, || async {
+            send_json(http, http.client().get(url)).await
+        })
+        .await
+    }
+
+    #[test]
+    fn parses_google_errors_in_both_shapes() {
+        let body = json!({"error": {"code": 429, "message": "Quota exceeded.", "status":
+            "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.Help"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "19s"}]}});
+        let e = ApiError::parse(429, body.to_string().as_bytes());
+        assert_eq!(e.status.as_deref(), Some("RESOURCE_EXHAUSTED"));
+        assert_eq!(e.message, "Quota exceeded.");
+        assert_eq!(e.retry_delay, Some(Duration::from_secs(19)));
+        assert_eq!(
+            e.to_string(),
+            "HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded."
+        );
+
+        let listed = json!([{"error": {"code": 400, "message": "Bad image.", "status":
+            "INVALID_ARGUMENT"}}]);
+        let e = ApiError::parse(400, listed.to_string().as_bytes());
+        assert_eq!(e.status.as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(e.message, "Bad image.");
+        assert_eq!(e.retry_delay, None);
+
+        let html = ApiError::parse(502, b"<html>Bad Gateway</html>");
+        assert_eq!(html.to_string(), "HTTP 502: <html>Bad Gateway</html>");
+    }
+
+    #[test]
+    fn reads_the_delay_the_server_asks_for() {
+        let retry_info = |d: Value| {
+            retry_info_delay(&json!({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": d}))
+        };
+        assert_eq!(retry_info(json!("0.5s")), Some(Duration::from_millis(500)));
+        assert_eq!(
+            retry_info(json!({"seconds": "2", "nanos": 500000000})),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            retry_in_message("Resource exhausted. Please retry in 19.5s."),
+            Some(Duration::from_millis(19500))
+        );
+        assert_eq!(
+            retry_in_message("Please retry in 3 s."),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_in_message("retry in 250ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_in_message("Please try again later."), None);
+
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after_header(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_header(&headers), None);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("AIzaSECRETKEY");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(
+            s.scrub("API key AIzaSECRETKEY not valid"),
+            "API key *** not valid"
+        );
+        let value = key_header(&s).unwrap();
+        assert!(!format!("{value:?}").contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn retries_transient_answers_honouring_retry_info() {
+        let (base, log) = serve(|_, i| match i {
+            0 => Reply::json(
+                503,
+                json!({"error": {"code": 503, "status": "UNAVAILABLE",
+                "message": "overloaded"}}),
+            ),
+            1 => Reply::json(
+                429,
+                json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "slow down", "details": [{"@type":
+                "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.3s"}]}}),
+            ),
+            2 => Reply::bytes(200, b"{\"truncat".to_vec()),
+            _ => Reply::json(200, json!({"ok": true})),
+        })
+        .await;
+        let http = http(2.0, 5);
+        let start = Instant::now();
+        let v = get_json(&http, &format!("{base}/x")).await.unwrap();
+        assert_eq!(v, json!({"ok": true}));
+        assert_eq!(log.lock().unwrap().len(), 4);
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "RetryInfo ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn honours_retry_after_header() {
+        let (base, _log) = serve(|_, i| match i {
+            0 => Reply::bytes(503, Vec::new()).header("retry-after", "0.4"),
+            _ => Reply::json(200, json!({})),
+        })
+        .await;
+        let start = Instant::now();
+        get_json(&http(2.0, 2), &format!("{base}/x")).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn never_retries_a_bad_request() {
+        let (base, log) = serve(|_, _| {
+            Reply::json(
+                400,
+                json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                "message": "`inlineData` isn't supported by this model."}}),
+            )
+        })
+        .await;
+        let err = get_json(&http(2.0, 5), &format!("{base}/x"))
+            .await
+            .unwrap_err();
+        assert_eq!(log.lock().unwrap().len(), 1);
+        match err.into_gen_error() {
+            GenError::Permanent(m) => assert_eq!(
+                m,
+                "test call failed: HTTP 400 INVALID_ARGUMENT: `inlineData` isn't supported by \
+                 this model."
+            ),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retried_then_reported_as_transient() {
+        let (base, log) =
+            serve(|_, _| Reply::json(200, json!({})).after(Duration::from_millis(800))).await;
+        let err = get_json(&http(0.2, 2), &format!("{base}/x"))
+            .await
+            .unwrap_err();
+        assert_eq!(log.lock().unwrap().len(), 3);
+        match err.into_gen_error() {
+            GenError::Transient(m) => {
+                assert!(m.starts_with("test call failed (after 3 attempts)"), "{m}");
+                assert!(m.contains("timed out"), "{m}");
+            }
+            other => panic!("expected a transient error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_server_delay_is_not_waited_for() {
+        let (base, log) = serve(|_, _| {
+            Reply::json(
+                429,
+                json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "Quota exceeded. Please retry in 3600s."}}),
+            )
+        })
+        .await;
+        let err = get_json(&http(2.0, 5), &format!("{base}/x"))
+            .await
+            .unwrap_err();
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert!(matches!(err.into_gen_error(), GenError::Transient(_)));
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
-use super::http::{CallError, Failure, Http, Secret, download, send_json};
+use super::http::{CallError, Failure, Http, Secret, download, key_header, send_json};
 use super::{
     GenContext, GenError, ImageInput, VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
@@ -220,7 +220,7 @@ impl Veo {
                 let token = bearer.token().await.map_err(Failure::Final)?;
                 Ok(builder.bearer_auth(token.expose()))
             }
-            Route::Gemini { key, .. } => Ok(builder.header("x-goog-api-key", key.expose())),
+            Route::Gemini { key, .. } => Ok(builder.header("x-goog-api-key", key_header(key)?)),
         }
     }
 
