@@ -376,3 +376,270 @@ fn no_image(answer: &Value) -> GenError {
         GenError::Permanent(format!("gemini returned no image: {reason}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use image::{Rgb, RgbImage};
+    use serde_json::json;
+
+    use super::*;
+    use crate::backends::http::test_server::{Reply, serve};
+    use crate::backends::{GenContext, OperationLog};
+
+    /// Noise does not compress: the encoded size follows the pixel count.
+    fn noise(w: u32, h: u32, format: ImageFormat) -> Vec<u8> {
+        let mut state = 0x2545_f491_u32;
+        let img = RgbImage::from_fn(w, h, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [a, b, c, _] = state.to_le_bytes();
+            Rgb([a, b, c])
+        });
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    fn input(name: &str, mime: &str, bytes: Vec<u8>) -> ImageInput {
+        ImageInput {
+            name: name.into(),
+            mime_type: mime.into(),
+            bytes: Arc::new(bytes),
+        }
+    }
+
+    fn frame_request() -> FrameRequest {
+        FrameRequest {
+            model: "gemini-2.5-flash-image".into(),
+            aspect_ratio: "16:9".into(),
+            prompt: "A storm over the sea".into(),
+            input_image: Some(input("input", "image/png", noise(8, 8, ImageFormat::Png))),
+            references: vec![
+                input("boat", "image/bmp", noise(4, 4, ImageFormat::Bmp)),
+                input("hero", "image/jpeg", noise(16, 16, ImageFormat::Jpeg)),
+            ],
+            key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn request_body_labels_each_image() {
+        let body = request_body(&frame_request()).unwrap();
+        let parts = body
+            .pointer("/contents/0/parts")
+            .unwrap()
+            .as_array()
+            .unwrap();
+        let texts: Vec<_> = parts.iter().map(|p| p.get("text").cloned()).collect();
+        assert_eq!(texts[0], Some(json!("A storm over the sea")));
+        assert_eq!(texts[1], Some(json!("Edit this image:")));
+        assert_eq!(texts[3], Some(json!("Reference image 'boat':")));
+        assert_eq!(texts[5], Some(json!("Reference image 'hero':")));
+        let mimes: Vec<_> = [2, 4, 6]
+            .iter()
+            .map(|&i| parts[i].pointer("/inlineData/mimeType").unwrap().clone())
+            .collect();
+        // BMP is not accepted by the API: it goes as PNG.
+        assert_eq!(
+            mimes,
+            [json!("image/png"), json!("image/png"), json!("image/jpeg")]
+        );
+        let png = BASE64
+            .decode(
+                parts[4]
+                    .pointer("/inlineData/data")
+                    .unwrap()
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
+        assert_eq!(
+            body["generationConfig"],
+            json!({"responseModalities": ["TEXT", "IMAGE"], "imageConfig": {"aspectRatio": "16:9"}})
+        );
+        assert!(!body.to_string().contains("inline_data"));
+    }
+
+    #[test]
+    fn oversized_images_shrink_deterministically() {
+        let big = input("big", "image/png", noise(256, 128, ImageFormat::Png));
+        let limit = 40_000;
+        let a = prepare_image(&big, ACCEPTED, limit).unwrap();
+        let b = prepare_image(&big, ACCEPTED, limit).unwrap();
+        assert_eq!(a, b);
+        assert!(a.bytes.len() <= limit);
+        let img = image::load_from_memory(&a.bytes).unwrap();
+        // Halved, aspect kept (256x128 noise is ~98 KB as PNG).
+        assert!(img.width() <= 128, "{}", img.width());
+        assert_eq!(img.width(), img.height() * 2);
+        assert!((256 / img.width()).is_power_of_two());
+
+        let jpeg = input("j", "image/jpeg", noise(256, 256, ImageFormat::Jpeg));
+        let small = prepare_image(&jpeg, ACCEPTED, jpeg.bytes.len() / 2).unwrap();
+        assert_eq!(small.format, ImageFormat::Jpeg);
+
+        let small_enough = input("s", "image/webp", noise(8, 8, ImageFormat::WebP));
+        let kept = prepare_image(&small_enough, ACCEPTED, limit).unwrap();
+        assert_eq!(kept.bytes, *small_enough.bytes);
+        assert_eq!(kept.mime(), "image/webp");
+    }
+
+    #[test]
+    fn a_request_over_the_limit_shrinks_its_largest_image() {
+        let mut images = vec![
+            prepare_image(
+                &input("a", "image/png", noise(128, 128, ImageFormat::Png)),
+                ACCEPTED,
+                usize::MAX,
+            )
+            .unwrap(),
+            prepare_image(
+                &input("b", "image/png", noise(32, 32, ImageFormat::Png)),
+                ACCEPTED,
+                usize::MAX,
+            )
+            .unwrap(),
+        ];
+        let small_before = images[1].clone();
+        fit_request(&mut images, 100, 60_000 + REQUEST_OVERHEAD).unwrap();
+        assert_eq!(images[1], small_before);
+        let a = image::load_from_memory(&images[0].bytes).unwrap();
+        assert!(a.width() <= 64);
+        let inline: usize = images.iter().map(|i| i.bytes.len().div_ceil(3) * 4).sum();
+        assert!(inline + 100 <= 60_000);
+    }
+
+    #[test]
+    fn answers_are_normalized_to_png() {
+        let jpeg = noise(24, 16, ImageFormat::Jpeg);
+        let png = to_png(&jpeg).unwrap();
+        assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
+        assert_eq!(to_png(&jpeg).unwrap(), png);
+        let already = noise(4, 4, ImageFormat::Png);
+        assert_eq!(to_png(&already).unwrap(), already);
+        assert!(to_png(b"not an image").is_err());
+    }
+
+    fn classify(answer: Value) -> GenError {
+        match image_of(&answer) {
+            Err(Failure::Final(e)) => e,
+            Err(other) => panic!("expected a final verdict, got {other:?}"),
+            Ok(_) => panic!("expected no image"),
+        }
+    }
+
+    #[test]
+    fn answers_without_an_image_are_classified() {
+        let safety = classify(json!({"candidates": [{"finishReason": "IMAGE_SAFETY",
+            "finishMessage": "Unable to show the generated image.", "content": {"parts": []}}],
+            "modelVersion": "gemini-2.5-flash-image"}));
+        assert!(
+            matches!(&safety, GenError::Blocked { reason } if reason
+                == "finishReason IMAGE_SAFETY; Unable to show the generated image."),
+            "{safety:?}"
+        );
+
+        let prompt_blocked = classify(json!({"promptFeedback": {"blockReason": "OTHER"}}));
+        assert!(
+            matches!(&prompt_blocked, GenError::Blocked { reason } if reason == "blockReason OTHER")
+        );
+
+        let no_image = classify(json!({"candidates": [{"finishReason": "NO_IMAGE",
+            "content": {"role": "model", "parts": [{"text": "I can only describe it."}]}}]}));
+        assert!(
+            matches!(&no_image, GenError::Permanent(m) if m == "gemini returned no image: \
+                finishReason NO_IMAGE; the model said: I can only describe it."),
+            "{no_image:?}"
+        );
+
+        let stop_text = classify(json!({"candidates": [{"finishReason": "STOP",
+            "content": {"parts": [{"text": "Here you go"}]}}]}));
+        assert!(matches!(stop_text, GenError::Permanent(_)));
+
+        assert!(matches!(
+            image_of(&json!({"candidates": [{"content": {"parts": [{"inlineData":
+                {"mimeType": "image/png", "data": "!!not base64!!"}}]}}]})),
+            Err(Failure::Garbled(_))
+        ));
+    }
+
+    #[test]
+    fn takes_the_first_image_part_and_the_model_version() {
+        let png = noise(2, 2, ImageFormat::Png);
+        let answer = json!({"candidates": [{"content": {"parts": [{"text": "Sure."},
+            {"inlineData": {"mimeType": "image/png", "data": BASE64.encode(&png)}}]},
+            "finishReason": "STOP"}], "modelVersion": "gemini-2.5-flash-image-001"});
+        let (bytes, version) = image_of(&answer).unwrap();
+        assert_eq!(bytes, png);
+        assert_eq!(version.as_deref(), Some("gemini-2.5-flash-image-001"));
+    }
+
+    struct NoOperations;
+
+    impl OperationLog for NoOperations {
+        fn pending(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn record(&self, _: &str, _: &str, _: &str) -> anyhow::Result<()> {
+            anyhow::bail!("frames have no operations")
+        }
+        fn clear(&self, _: &str) -> anyhow::Result<()> {
+            anyhow::bail!("frames have no operations")
+        }
+    }
+
+    #[tokio::test]
+    async fn generates_over_http_and_retries_an_overloaded_service() {
+        let jpeg = noise(32, 18, ImageFormat::Jpeg);
+        let data = BASE64.encode(&jpeg);
+        let (base, log) = serve(move |_, i| match i {
+            0 => Reply::json(
+                503,
+                json!({"error": {"code": 503, "status": "UNAVAILABLE",
+                "message": "The model is overloaded."}}),
+            ),
+            _ => Reply::json(
+                200,
+                json!({"candidates": [{"content": {"parts": [{"inlineData":
+                {"mimeType": "image/jpeg", "data": data}}]}, "finishReason": "STOP"}],
+                "modelVersion": "gemini-2.5-flash-image"}),
+            ),
+        })
+        .await;
+        let http = Http::new(2.0, 3)
+            .unwrap()
+            .with_first_delay(Duration::from_millis(5));
+        let backend = GeminiFrames::new(format!("{base}/"), Secret::new("test-key-123"), http);
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = GenContext {
+            node_id: "frame/storm/end".into(),
+            key: "k".into(),
+            tmp_dir: tmp.path().to_path_buf(),
+            operations: Arc::new(NoOperations),
+            status: Arc::new(|_| {}),
+        };
+        let out = backend.generate(&frame_request(), &ctx).await.unwrap();
+        let img = image::load_from_memory_with_format(&out.png, ImageFormat::Png).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 18));
+        assert_eq!(out.model_version.as_deref(), Some("gemini-2.5-flash-image"));
+
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2);
+        let seen = &log[1];
+        assert_eq!(seen.method, "POST");
+        assert_eq!(
+            seen.target,
+            "/v1beta/models/gemini-2.5-flash-image:generateContent"
+        );
+        assert_eq!(
+            seen.header("x-goog-api-key").as_deref(),
+            Some("test-key-123")
+        );
+        assert_eq!(log[0].json(), seen.json());
+    }
+}
