@@ -766,3 +766,454 @@ fn excerpt(v: &Value) -> String {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::backends::http::test_server::{Reply, serve};
+    use crate::backends::{OperationLog, VideoParams};
+
+    /// The start of a real MP4: a `ftyp` box.
+    const MP4: &[u8] = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\0\x08free";
+
+    /// The operations table in memory: key -> (backend, operation name).
+    #[derive(Default)]
+    struct Ops(Mutex<BTreeMap<String, (String, String)>>);
+
+    impl Ops {
+        fn name(&self, key: &str) -> Option<String> {
+            self.0.lock().unwrap().get(key).map(|(_, n)| n.clone())
+        }
+    }
+
+    impl OperationLog for Ops {
+        fn pending(&self, key: &str, backend: &str) -> Option<String> {
+            let ops = self.0.lock().unwrap();
+            ops.get(key)
+                .filter(|(b, _)| b == backend)
+                .map(|(_, n)| n.clone())
+        }
+        fn record(&self, key: &str, backend: &str, name: &str) -> anyhow::Result<()> {
+            let entry = (backend.to_string(), name.to_string());
+            self.0.lock().unwrap().insert(key.into(), entry);
+            Ok(())
+        }
+        fn clear(&self, key: &str) -> anyhow::Result<()> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+    }
+
+    fn png() -> ImageInput {
+        let mut bytes = Vec::new();
+        image::RgbImage::new(4, 4)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        ImageInput {
+            name: "first".into(),
+            mime_type: "image/png".into(),
+            bytes: Arc::new(bytes),
+        }
+    }
+
+    fn video_request(first_last: bool) -> VideoRequest {
+        VideoRequest {
+            params: VideoParams {
+                model: "veo-3.1-generate-preview".into(),
+                duration_seconds: 8,
+                resolution: "720p".into(),
+                aspect_ratio: "16:9".into(),
+                generate_audio: first_last,
+                negative_prompt: if first_last {
+                    "blur".into()
+                } else {
+                    String::new()
+                },
+                seed: first_last.then_some(7),
+                first_last,
+            },
+            prompt: "The boat rides the wave".into(),
+            first: Some(png()),
+            last: first_last.then(png),
+            key: "k".into(),
+        }
+    }
+
+    fn options(poll_timeout: Duration) -> VeoOptions {
+        VeoOptions {
+            poll_interval: Duration::from_millis(10),
+            poll_timeout,
+            person_generation: None,
+            storage_uri: None,
+        }
+    }
+
+    fn http() -> Http {
+        Http::new(2.0, 2)
+            .unwrap()
+            .with_first_delay(Duration::from_millis(5))
+    }
+
+    fn gemini_veo(base: &str, poll_timeout: Duration) -> Veo {
+        let route = Route::Gemini {
+            base_url: base.into(),
+            key: Secret::new("veo-key-123"),
+        };
+        Veo::new(route, http(), options(poll_timeout))
+    }
+
+    fn vertex_veo(base: &str, options: VeoOptions) -> Veo {
+        let route = Route::Vertex {
+            base_url: base.into(),
+            storage_base_url: format!("{base}/"),
+            target: VertexTarget {
+                project: "proj".into(),
+                location: "us-central1".into(),
+            },
+            bearer: Bearer::fixed(Secret::new("ya29.token")),
+        };
+        Veo::new(route, http(), options)
+    }
+
+    fn context(ops: Arc<Ops>, tmp: &Path) -> GenContext {
+        GenContext {
+            node_id: "segment/storm".into(),
+            key: "k".into(),
+            tmp_dir: tmp.to_path_buf(),
+            operations: ops,
+            status: Arc::new(|_| {}),
+        }
+    }
+
+    fn prepared(req: &VideoRequest) -> (Option<Prepared>, Option<Prepared>) {
+        let (f, l) = request_images(req).unwrap();
+        let prep = |i: Option<ImageInput>| {
+            i.map(|i| Prepared(prepare_image(&i, ACCEPTED, MAX_INPUT_BYTES).unwrap()))
+        };
+        (prep(f), prep(l))
+    }
+
+    #[test]
+    fn vertex_body_carries_every_parameter() {
+        let veo = vertex_veo(
+            "http://unused",
+            VeoOptions {
+                person_generation: Some("allow_adult".into()),
+                storage_uri: Some("gs://bucket/out/".into()),
+                ..options(Duration::from_secs(1))
+            },
+        );
+        let req = video_request(true);
+        let (first, last) = prepared(&req);
+        let body = veo.request_body(&req, first.as_ref(), last.as_ref());
+        let image = json!({"bytesBase64Encoded": BASE64.encode(&*png().bytes),
+            "mimeType": "image/png"});
+        assert_eq!(
+            body,
+            json!({"instances": [{"prompt": "The boat rides the wave", "image": image,
+                "lastFrame": image}],
+                "parameters": {"aspectRatio": "16:9", "durationSeconds": 8, "resolution":
+                "720p", "sampleCount": 1, "negativePrompt": "blur", "personGeneration":
+                "allow_adult", "generateAudio": true, "seed": 7, "storageUri":
+                "gs://bucket/out/"}})
+        );
+    }
+
+    #[test]
+    fn gemini_api_body_has_no_inline_data_nor_vertex_only_fields() {
+        let veo = gemini_veo("http://unused", Duration::from_secs(1));
+        let req = video_request(true);
+        let (first, last) = prepared(&req);
+        let body = veo.request_body(&req, first.as_ref(), last.as_ref());
+        let text = body.to_string();
+        assert!(!text.contains("inlineData"), "{text}");
+        assert_eq!(
+            body.pointer("/instances/0/image/mimeType"),
+            Some(&json!("image/png"))
+        );
+        let params = body["parameters"].as_object().unwrap();
+        for field in ["seed", "generateAudio", "storageUri"] {
+            assert!(!params.contains_key(field), "{field} sent: {text}");
+        }
+        let single = video_request(false);
+        let (first, last) = prepared(&single);
+        let body = veo.request_body(&single, first.as_ref(), last.as_ref());
+        assert!(body.pointer("/instances/0/lastFrame").is_none());
+        assert!(body.pointer("/parameters/negativePrompt").is_none());
+    }
+
+    #[test]
+    fn capabilities_follow_route_and_model() {
+        let vertex = vertex_veo("http://unused", options(Duration::from_secs(1)));
+        let gemini = gemini_veo("http://unused", Duration::from_secs(1));
+        assert_eq!(vertex.label(), "veo (vertex)");
+        assert_eq!(gemini.label(), "veo (gemini-api)");
+        let caps = gemini.capabilities("veo-3.0-generate-001");
+        assert!(!caps.seed && !caps.generate_audio && !caps.first_last_frame);
+        let caps = vertex.capabilities("veo-3.1-generate-preview");
+        assert!(caps.seed && caps.generate_audio && caps.first_last_frame);
+        let mut req = video_request(false);
+        req.params.resolution = "1080p".into();
+        req.params.duration_seconds = 6;
+        assert!(matches!(check(&req), Err(GenError::Permanent(_))));
+    }
+
+    #[test]
+    fn done_operations_are_classified() {
+        let vertex_inline = json!({"done": true, "response": {"raiMediaFilteredCount": 0,
+            "videos": [{"bytesBase64Encoded": "AAAA", "mimeType": "video/mp4"}]}});
+        assert!(matches!(outcome(&vertex_inline), Ok(VideoSource::Inline(b)) if b == "AAAA"));
+        let gcs = json!({"done": true, "response": {"videos": [{"gcsUri": "gs://b/o.mp4"}]}});
+        assert!(matches!(outcome(&gcs), Ok(VideoSource::Gcs(u)) if u == "gs://b/o.mp4"));
+        let gemini_uri = json!({"done": true, "response": {"generateVideoResponse":
+            {"generatedSamples": [{"video": {"uri": "https://x/v1beta/files/a:download?alt=media"}}]}}});
+        assert!(matches!(outcome(&gemini_uri), Ok(VideoSource::Uri(_))));
+        let gemini_inline = json!({"done": true, "response": {"generateVideoResponse":
+            {"generatedSamples": [{"video": {"encodedVideo": "BBBB", "encoding": "video/mp4"}}]}}});
+        assert!(matches!(outcome(&gemini_inline), Ok(VideoSource::Inline(b)) if b == "BBBB"));
+
+        let rai = json!({"done": true, "response": {"generateVideoResponse":
+            {"raiMediaFilteredCount": 1, "raiMediaFilteredReasons":
+            ["Video generation failed due to a person filter."]}}});
+        assert!(matches!(outcome(&rai), Err(GenError::Blocked { reason })
+            if reason == "Video generation failed due to a person filter."));
+        let rai_count = json!({"done": true, "response": {"raiMediaFilteredCount": 2}});
+        assert!(matches!(outcome(&rai_count), Err(GenError::Blocked { .. })));
+
+        let quota = json!({"done": true, "error": {"code": 8, "message": "Quota exceeded"}});
+        assert!(matches!(outcome(&quota), Err(GenError::Transient(m))
+            if m == "failed with code 8: Quota exceeded"));
+        let invalid = json!({"done": true, "error": {"code": 3, "message": "bad image"}});
+        assert!(matches!(outcome(&invalid), Err(GenError::Permanent(_))));
+        let guidelines = json!({"done": true, "error": {"code": 3, "message": "The prompt \
+            could not be submitted. It contains words that violate Vertex AI's usage guidelines."}});
+        assert!(matches!(
+            outcome(&guidelines),
+            Err(GenError::Blocked { .. })
+        ));
+        let empty = json!({"done": true, "response": {}});
+        assert!(matches!(outcome(&empty), Err(GenError::Permanent(_))));
+    }
+
+    #[test]
+    fn inline_videos_decode_slice_by_slice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v.mp4");
+        let big: Vec<u8> = MP4.iter().copied().cycle().take(300_001).collect();
+        decode_to_file(&BASE64.encode(&big), &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), big);
+        assert!(is_mp4(&path));
+        std::fs::write(&path, b"<html>not a video</html>").unwrap();
+        assert!(!is_mp4(&path));
+    }
+
+    #[tokio::test]
+    async fn an_operation_unknown_to_the_service_is_submitted_again() {
+        let ops = Arc::new(Ops::default());
+        let old = "models/veo-3.1-generate-preview/operations/old";
+        ops.record("k", "veo (gemini-api)", old).unwrap();
+        let seen_ops = ops.clone();
+        let recorded_before_poll = Arc::new(Mutex::new(None));
+        let flag = recorded_before_poll.clone();
+        let base_cell: Arc<Mutex<String>> = Arc::default();
+        let base_for_server = base_cell.clone();
+        let (base, log) = serve(move |req, _| {
+            let base = base_for_server.lock().unwrap().clone();
+            let new = "models/veo-3.1-generate-preview/operations/new";
+            match (req.method.as_str(), req.target.as_str()) {
+                ("GET", t) if t.ends_with("/operations/old") => Reply::json(
+                    404,
+                    json!({"error":
+                    {"code": 404, "status": "NOT_FOUND", "message": "Operation not found"}}),
+                ),
+                ("POST", "/v1beta/models/veo-3.1-generate-preview:predictLongRunning") => {
+                    Reply::json(200, json!({"name": new}))
+                }
+                ("GET", t) if t.ends_with("/operations/new") => {
+                    let mut flag = flag.lock().unwrap();
+                    if flag.is_none() {
+                        *flag = Some(seen_ops.name("k").as_deref() == Some(new));
+                        return Reply::json(200, json!({"name": new, "done": false}));
+                    }
+                    Reply::json(
+                        200,
+                        json!({"name": new, "done": true, "response":
+                        {"generateVideoResponse": {"generatedSamples": [{"video": {"uri":
+                        format!("{base}/v1beta/files/abc:download?alt=media")}}]}}}),
+                    )
+                }
+                ("GET", "/v1beta/files/abc:download?alt=media") => {
+                    Reply::bytes(302, Vec::new()).header("location", "/blob/abc")
+                }
+                ("GET", "/blob/abc") => Reply::bytes(200, MP4.to_vec()),
+                other => Reply::bytes(500, format!("unexpected {other:?}").into_bytes()),
+            }
+        })
+        .await;
+        *base_cell.lock().unwrap() = base.clone();
+        let tmp = tempfile::tempdir().unwrap();
+        let veo = gemini_veo(&base, Duration::from_secs(5));
+        let out = veo
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out.mp4).unwrap(), MP4);
+        assert!(out.mp4.starts_with(tmp.path()));
+        assert_eq!(*recorded_before_poll.lock().unwrap(), Some(true));
+        // The engine clears the record once the video is stored, not the backend.
+        assert_eq!(
+            ops.name("k").as_deref(),
+            Some("models/veo-3.1-generate-preview/operations/new")
+        );
+        let log = log.lock().unwrap();
+        let targets: Vec<_> = log.iter().map(|s| s.target.as_str()).collect();
+        assert_eq!(targets.len(), 6, "{targets:?}");
+        for seen in log.iter().take(5) {
+            assert_eq!(
+                seen.header("x-goog-api-key").as_deref(),
+                Some("veo-key-123")
+            );
+        }
+        let submit = log[1].json();
+        assert!(
+            submit
+                .pointer("/instances/0/image/bytesBase64Encoded")
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn vertex_polls_by_operation_name_and_downloads_from_storage() {
+        let name = "projects/proj/locations/us-central1/publishers/google/models/\
+                    veo-3.1-generate-preview/operations/123";
+        let (base, log) = serve(move |req, _| match req.target.as_str() {
+            "/v1/projects/proj/locations/us-central1/publishers/google/models/\
+             veo-3.1-generate-preview:predictLongRunning" => {
+                Reply::json(200, json!({"name": name}))
+            }
+            "/v1/projects/proj/locations/us-central1/publishers/google/models/\
+             veo-3.1-generate-preview:fetchPredictOperation" => Reply::json(
+                200,
+                json!({
+                "name": name, "done": true, "response": {"videos": [{"gcsUri":
+                "gs://bucket/out/sample 0.mp4", "mimeType": "video/mp4"}]}}),
+            ),
+            "/storage/v1/b/bucket/o/out%2Fsample%200.mp4?alt=media" => {
+                Reply::bytes(200, MP4.to_vec())
+            }
+            other => Reply::bytes(500, format!("unexpected {other}").into_bytes()),
+        })
+        .await;
+        let ops = Arc::new(Ops::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let veo = vertex_veo(
+            &base,
+            VeoOptions {
+                storage_uri: Some("gs://bucket/out/".into()),
+                ..options(Duration::from_secs(5))
+            },
+        );
+        let out = veo
+            .generate(&video_request(true), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&out.mp4).unwrap(), MP4);
+        assert_eq!(ops.name("k").as_deref(), Some(name));
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(
+            log.iter()
+                .all(|s| s.header("authorization").as_deref() == Some("Bearer ya29.token"))
+        );
+        assert_eq!(log[1].json(), json!({"operationName": name}));
+        assert_eq!(
+            log[0].json()["parameters"]["storageUri"],
+            "gs://bucket/out/"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blocked_video_forgets_its_operation() {
+        let (base, _log) = serve(|req, _| match req.method.as_str() {
+            "POST" => Reply::json(200, json!({"name": "models/m/operations/x"})),
+            _ => Reply::json(
+                200,
+                json!({"name": "models/m/operations/x", "done": true,
+                "response": {"generateVideoResponse": {"raiMediaFilteredCount": 1,
+                "raiMediaFilteredReasons": ["celebrity likeness"]}}}),
+            ),
+        })
+        .await;
+        let ops = Arc::new(Ops::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let err = gemini_veo(&base, Duration::from_secs(5))
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, GenError::Blocked { reason } if reason == "celebrity likeness"));
+        assert_eq!(ops.name("k"), None);
+    }
+
+    #[tokio::test]
+    async fn a_poll_timeout_keeps_the_operation_for_the_next_build() {
+        let (base, log) = serve(|req, _| match req.method.as_str() {
+            "POST" => Reply::json(200, json!({"name": "models/m/operations/slow"})),
+            _ => Reply::json(
+                200,
+                json!({"name": "models/m/operations/slow", "done": false}),
+            ),
+        })
+        .await;
+        let ops = Arc::new(Ops::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let err = gemini_veo(&base, Duration::from_millis(150))
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err();
+        match err {
+            GenError::Transient(m) => {
+                assert!(m.contains("models/m/operations/slow"), "{m}");
+                assert!(m.contains("the next build resumes it"), "{m}");
+            }
+            other => panic!("expected a transient error, got {other:?}"),
+        }
+        assert_eq!(ops.name("k").as_deref(), Some("models/m/operations/slow"));
+        assert!(log.lock().unwrap().len() >= 3);
+
+        // The next build polls the recorded operation at once and submits nothing.
+        let before = log.lock().unwrap().len();
+        let _ = gemini_veo(&base, Duration::from_millis(1))
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await;
+        let log = log.lock().unwrap();
+        assert!(log[before..].iter().all(|s| s.method == "GET"));
+    }
+
+    #[tokio::test]
+    async fn something_that_is_not_an_mp4_is_refused() {
+        let (base, _log) = serve(|req, _| match req.method.as_str() {
+            "POST" => Reply::json(200, json!({"name": "models/m/operations/x"})),
+            _ => Reply::json(
+                200,
+                json!({"name": "models/m/operations/x", "done": true,
+                "response": {"generateVideoResponse": {"generatedSamples": [{"video":
+                {"encodedVideo": BASE64.encode(b"<html>oops</html>")}}]}}}),
+            ),
+        })
+        .await;
+        let ops = Arc::new(Ops::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let err = gemini_veo(&base, Duration::from_secs(5))
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GenError::Permanent(m) if m.contains("not an MP4")),
+            "{err:?}"
+        );
+        assert_eq!(ops.name("k"), None);
+    }
+}
