@@ -184,3 +184,68 @@ fn auth_error(doing: &str, e: &gcp_auth::Error) -> GenError {
          application-default login`)"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::backends::http::test_server::{Reply, serve};
+
+    /// An RSA key made for this test only (openssl genpkey), never registered anywhere.
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDsUsWnM/G6rxKm\nMjMn/AEhKHw4OL7G9lUiEZJJhN3wD49/TGREXjkmQd4sHsYdxq3Vqb4WOVXqjeyl\nDTBC6kaTeJtdh4906zw56EniQPwUt5ZMEP7f8hfVYSkv3wmhEnfCt+pmUG9CWq2a\nnUwK2dh/IIfTAZeZtE4tty8xVqWmomUZoPUl5i+UKYfjB08R70YpVTxX6gcTsNU6\nOzoXssoTtQC0k9BWPCEhZ89Is/TX7pQTffXiluH2DE83mW06FO7DaBooulGD8Jg5\n1OoCCpoAUV3ZW/icbfdaMWur5/2vgujSm5KjrnxQ5N768Su4V4CnibPYQutEgfmH\noKn049i/AgMBAAECggEAGbwHFhF2rgjz6PE9LN9+Z/6hTaYFmw5RcFJQMdKsMGt2\ntDq8uHfiP/jwRAcIiqQ2DeGxd3jAPbiSyoPIe6DzaopkW30FnDUkQSdl1E5ApSjm\nJFu9cDmhasptJ8S2pw78clHWI/93qNbNt4aQNKZLCHJMbX1A5atYJWugp1NzhSpN\nwbS+itp3uhgyUDSFpvMdyBK5o3LJPu3SWgSY2Vos3y7dA1UuZfKkN2+MlgYDDgLO\nS5QT9MbAjM1i+l7x5nzyheUq2StK5eZydn5CcCyZmD/QsOtuvaZMk6MIcEXW0lWl\noIgTZwQT4462GcSr+s0jfz8kzKNj5Af0MOUHvPIO8QKBgQD9TSw1UTt2ycGzTLlS\nxaLX/vrmn6Bb5lGSLnPZ7GhIJMSndu+9YA4pL8IU68Vq3B/UewAyEv/p4ru0cRiu\ndf/japxy5GFcYiTzBGORXsZkYnWVDk52lzLSuSP/WySf1gXgYz7yt16jI6EDxiJA\nH6TN6ZlHyooivMf4mPm1XlgXIwKBgQDu10uJWFNLjhK6xPqUE1sD/f9+5MbPWHNs\nYBDVHFT5T7qC0f8sIGX+R0Si2M8gBQT/mY3T8jc9xulmPrKew+6mYBm0xC/e67/R\nm3tnkYhljso4u4ESo0QB0AJ93pBFVNgfe1RaUWQwz5630fe6CqHgPJClBlNYRkFl\nptefKvzftQKBgQCATpAfLdeuM0K//RQ+3ke/m7QiECedhYw6PPeIIt0r9hv7LB8C\nUV669Cseh9NHbttcuTV/J+qj4artGwDClpkY7E71T8QVlM1coBODdnuOK+WdrFKI\ndcxTu16FofhqUnJFmGAxeDsi7hBIphuBWcYUW8i9+dWBBRlSTsLmYTTD+wKBgQCH\nkg1+WHRvXqWi/kx94L649WQhUxrGdx6NVbo4PWy+V1M3DpwZIArE2w9KoGZxdmfv\n7eljdQmGN3IkZ1JcbDr6lXIB+Zpynr6y696QWztg6jw/F6+cNLBVlwzTBZI+yHok\n5Ixs9+Y3DqK5FKXZJE/eSIKSKZUFdluIp7uczXncQQKBgDuFTVhc5NObxCY0lLQd\n5VHZZecIpF18/W0P90zOIRWdAtuUt9922J4PmgymDsUkQHTGdv8KdyPsDwjw+sS1\n10BiF5EHusPf03AQDPwSZjftNjpSlndGigugI0n3DuGs3/aCR9RHOpgx7ISGvxqV\nOOydoWiqPb163lq4jpKK4S2z\n-----END PRIVATE KEY-----";
+
+    #[tokio::test]
+    async fn service_account_tokens_come_from_the_token_uri_in_the_key_file() {
+        let (base, log) = serve(|req, _| match req.target.as_str() {
+            "/token" => Reply::json(
+                200,
+                json!({"access_token": "ya29.from-fake", "expires_in": 3600,
+                    "token_type": "Bearer"}),
+            ),
+            _ => Reply::bytes(404, Vec::new()),
+        })
+        .await;
+        let key_file = json!({"type": "service_account", "project_id": "proj",
+            "private_key_id": "1", "private_key": TEST_KEY,
+            "client_email": "ttv@proj.iam.gserviceaccount.com",
+            "token_uri": format!("{base}/token")});
+        let provider = gcp_auth::CustomServiceAccount::from_json(&key_file.to_string()).unwrap();
+        let provider: Arc<dyn TokenProvider> = Arc::new(provider);
+        let bearer = Bearer(Source::Adc(OnceCell::new_with(Some(provider))));
+        let token = tokio::time::timeout(Duration::from_secs(10), bearer.token())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.expose(), "ya29.from-fake");
+        // Cached: a second token needs no second exchange.
+        bearer.token().await.unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 1);
+        let form = String::from_utf8(log[0].body.clone()).unwrap();
+        assert!(
+            form.starts_with(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion="
+            ),
+            "{form}"
+        );
+    }
+
+    #[test]
+    fn vertex_base_url_follows_the_location() {
+        let t = |location: &str| VertexTarget {
+            project: "p".into(),
+            location: location.into(),
+        };
+        assert_eq!(
+            t("europe-west4").default_base_url(),
+            "https://europe-west4-aiplatform.googleapis.com"
+        );
+        assert_eq!(
+            t("global").default_base_url(),
+            "https://aiplatform.googleapis.com"
+        );
+    }
+}
