@@ -454,12 +454,18 @@ impl Veo {
                     .await
                     .map_err(|e| GenError::Permanent(e.to_string()))
                     .and_then(|r| r)
+                    .map_err(|error| FetchError { error, gone: true })
             }
             VideoSource::Gcs(uri) => self.fetch_gcs(&uri, &path, ctx).await,
             VideoSource::Uri(uri) => self.fetch_file(&uri, &path, ctx).await,
         };
         if let Err(e) = fetched {
-            return Err(prefixed(&self.label(), name, e));
+            // The video is gone (a malformed uri, an expired file): polling again cannot bring
+            // it back. Credentials and outages can be fixed, and the paid video fetched then.
+            if e.gone {
+                forget(ctx, name);
+            }
+            return Err(prefixed(&self.label(), name, e.error));
         }
         if !is_mp4(&path) {
             forget(ctx, name);
@@ -472,12 +478,12 @@ impl Veo {
     }
 
     /// `gs://bucket/object` through the Cloud Storage JSON API, with the Vertex bearer.
-    async fn fetch_gcs(&self, uri: &str, path: &Path, ctx: &GenContext) -> Result<(), GenError> {
+    async fn fetch_gcs(&self, uri: &str, path: &Path, ctx: &GenContext) -> Result<(), FetchError> {
         let Route::Vertex {
             storage_base_url, ..
         } = &self.route
         else {
-            return Err(GenError::Permanent(format!(
+            return Err(FetchError::gone(format!(
                 "the Gemini API answered with a Cloud Storage video ({uri})"
             )));
         };
@@ -485,11 +491,19 @@ impl Veo {
             .strip_prefix("gs://")
             .and_then(|rest| rest.split_once('/'))
             .filter(|(b, o)| !b.is_empty() && !o.is_empty())
-            .ok_or_else(|| GenError::Permanent(format!("malformed Cloud Storage URI {uri}")))?;
-        let mut url = reqwest::Url::parse(&format!("{storage_base_url}/storage/v1/b/"))
-            .map_err(|e| GenError::Permanent(format!("bad {STORAGE_BASE_URL_ENV}: {e}")))?;
+            .ok_or_else(|| FetchError::gone(format!("malformed Cloud Storage URI {uri}")))?;
+        let mut url =
+            reqwest::Url::parse(&format!("{storage_base_url}/storage/v1/b/")).map_err(|e| {
+                FetchError {
+                    error: GenError::Permanent(format!("bad {STORAGE_BASE_URL_ENV}: {e}")),
+                    gone: false,
+                }
+            })?;
         url.path_segments_mut()
-            .map_err(|_| GenError::Permanent(format!("bad {STORAGE_BASE_URL_ENV}")))?
+            .map_err(|_| FetchError {
+                error: GenError::Permanent(format!("bad {STORAGE_BASE_URL_ENV}")),
+                gone: false,
+            })?
             .pop_if_empty()
             .push(bucket)
             .push("o")
@@ -501,7 +515,7 @@ impl Veo {
 
     /// A Gemini API file uri (`.../files/ID:download?alt=media`), with the key; redirects are
     /// followed by the client.
-    async fn fetch_file(&self, uri: &str, path: &Path, ctx: &GenContext) -> Result<(), GenError> {
+    async fn fetch_file(&self, uri: &str, path: &Path, ctx: &GenContext) -> Result<(), FetchError> {
         self.download_to(&format!("downloading {uri}"), uri, path, ctx)
             .await
     }
@@ -512,7 +526,7 @@ impl Veo {
         url: &str,
         path: &Path,
         ctx: &GenContext,
-    ) -> Result<(), GenError> {
+    ) -> Result<(), FetchError> {
         self.http
             .retry(what, &self.secrets(), &*ctx.status, || async move {
                 let builder = self.authorized(self.http.client().get(url)).await?;
@@ -520,7 +534,10 @@ impl Veo {
             })
             .await
             .map(|_| ())
-            .map_err(CallError::into_gen_error)
+            .map_err(|e| FetchError {
+                gone: matches!(e.http_status(), Some(400 | 404 | 410)),
+                error: e.into_gen_error(),
+            })
     }
 }
 
@@ -579,6 +596,21 @@ impl VideoGenerator for Veo {
                 }
                 Err(PollError::Failed(e)) => return Err(e),
             }
+        }
+    }
+}
+
+/// A video that could not be fetched, and whether it is gone for good.
+struct FetchError {
+    error: GenError,
+    gone: bool,
+}
+
+impl FetchError {
+    fn gone(message: String) -> FetchError {
+        FetchError {
+            error: GenError::Permanent(message),
+            gone: true,
         }
     }
 }
@@ -1215,5 +1247,41 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(ops.name("k"), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_keeps_the_operation_unless_the_file_is_gone() {
+        for (status, kept) in [(503, true), (404, false)] {
+            let base_cell: Arc<Mutex<String>> = Arc::default();
+            let base_for_server = base_cell.clone();
+            let (base, _log) = serve(move |req, _| {
+                let base = base_for_server.lock().unwrap().clone();
+                match (req.method.as_str(), req.target.as_str()) {
+                    ("POST", _) => Reply::json(200, json!({"name": "models/m/operations/d"})),
+                    ("GET", "/v1beta/models/m/operations/d") => Reply::json(
+                        200,
+                        json!({
+                        "name": "models/m/operations/d", "done": true, "response":
+                        {"generateVideoResponse": {"generatedSamples": [{"video": {"uri":
+                        format!("{base}/v1beta/files/d:download?alt=media")}}]}}}),
+                    ),
+                    _ => Reply::json(
+                        status,
+                        json!({"error": {"code": status,
+                        "message": "no file", "status": "X"}}),
+                    ),
+                }
+            })
+            .await;
+            *base_cell.lock().unwrap() = base.clone();
+            let ops = Arc::new(Ops::default());
+            let tmp = tempfile::tempdir().unwrap();
+            let err = gemini_veo(&base, Duration::from_secs(5))
+                .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("downloading"), "{err}");
+            assert_eq!(ops.name("k").is_some(), kept, "HTTP {status}");
+        }
     }
 }
