@@ -49,6 +49,8 @@ pub struct KeyframeSettings {
     pub chain: bool,
     pub jobs: usize,
     pub max_retries: u32,
+    /// Limit of one HTTP request to the image service, in seconds.
+    pub request_timeout_seconds: f64,
     /// Discouraged: used with a warning, never written anywhere.
     pub api_key: Option<Secret>,
 }
@@ -64,6 +66,7 @@ impl Default for KeyframeSettings {
             chain: true,
             jobs: 4,
             max_retries: 5,
+            request_timeout_seconds: 120.0,
             api_key: None,
         }
     }
@@ -115,6 +118,10 @@ pub struct VideoSettings {
     pub max_retries: u32,
     /// Overall limit for one long-running video operation, in seconds.
     pub poll_timeout_seconds: u64,
+    /// First wait between polls of a video operation, in seconds (grows to 60 s).
+    pub poll_interval_seconds: f64,
+    /// Limit of one HTTP request to the video service, in seconds.
+    pub request_timeout_seconds: f64,
     /// Discouraged: used with a warning, never written anywhere.
     pub api_key: Option<Secret>,
 }
@@ -139,6 +146,8 @@ impl Default for VideoSettings {
             jobs: 2,
             max_retries: 5,
             poll_timeout_seconds: 900,
+            poll_interval_seconds: 10.0,
+            request_timeout_seconds: 120.0,
             api_key: None,
         }
     }

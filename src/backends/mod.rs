@@ -4,7 +4,11 @@
 //! capabilities so that a configuration the model cannot serve is refused at plan time, before
 //! any money is spent.
 
+pub mod auth;
+pub mod gemini;
+pub mod http;
 pub mod preview;
+pub mod veo;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -284,9 +288,7 @@ pub fn frame_backend(project: &Project) -> Result<Arc<dyn FrameGenerator>, Proje
     let k = &project.config.keyframes;
     match k.backend.as_str() {
         "preview" => Ok(Arc::new(preview::PreviewFrames)),
-        "gemini" => Err(project
-            .error_at("keyframes.backend", "the gemini backend is not built yet")
-            .help("use `backend: preview`")),
+        "gemini" => Ok(Arc::new(gemini::GeminiFrames::from_project(project)?)),
         other => Err(project
             .error_at(
                 "keyframes.backend",
@@ -332,12 +334,9 @@ fn video_backend(
     api: VeoApi,
     model: &str,
 ) -> Result<Arc<dyn VideoGenerator>, ProjectError> {
-    let _ = (api, model);
     match backend {
         "preview" => Ok(Arc::new(preview::PreviewVideo)),
-        "veo" => Err(project
-            .error_at(&format!("{at}.backend"), "the veo backend is not built yet")
-            .help("use `backend: preview`")),
+        "veo" => Ok(Arc::new(veo::Veo::from_project(project, at, api, model)?)),
         other => Err(project
             .error_at(
                 &format!("{at}.backend"),
