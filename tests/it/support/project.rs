@@ -220,8 +220,8 @@ impl Project {
             .count()
     }
 
-    /// Size and modification time of every file and folder under the cache and build folders:
-    /// equal snapshots mean nothing in them was written.
+    /// Every file and folder under the cache and build folders, with each file's size and
+    /// modification time: equal snapshots mean nothing in them was written.
     pub fn snapshot(&self) -> BTreeMap<String, (u64, SystemTime)> {
         [".ttv", "build"]
             .iter()
@@ -231,11 +231,14 @@ impl Project {
             .filter(|e| e.path() != self.path(".ttv/lock"))
             .map(|e| {
                 let meta = e.metadata().expect("metadata");
-                let size = if meta.is_dir() { 0 } else { meta.len() };
-                (
-                    self.relative(e.path()),
-                    (size, meta.modified().expect("mtime")),
-                )
+                // A folder's mtime moves when a temp file comes and goes; its entries are what
+                // count, and each of them is in the snapshot.
+                let stamp = if meta.is_dir() {
+                    (0, SystemTime::UNIX_EPOCH)
+                } else {
+                    (meta.len(), meta.modified().expect("mtime"))
+                };
+                (self.relative(e.path()), stamp)
             })
             .collect()
     }
