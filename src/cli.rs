@@ -1,5 +1,432 @@
-//! The command line (DESIGN.md §9).
+//! The command line (DESIGN.md §9): parses arguments, runs a command, prints human text on
+//! stderr and the `--json` object on stdout, and maps the outcome to the exit code contract.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::build::{self, BuildOptions, Report, Session, Status};
+use crate::error::{EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for};
+use crate::graph::NodeKind;
+use crate::housekeeping;
+use crate::progress::{Progress, Verbosity};
+use crate::project::{self, Project};
+use crate::store::{BuildLock, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ttv",
+    version,
+    about = "A make-like, content-addressed caching build tool for AI video",
+    after_help = "Node ids: reference/auto, frame/<shot>/start, frame/<shot>/end, segment/<shot>, final.\nGroups: frames, segments, final. A shot id names all of its nodes."
+)]
+pub struct Cli {
+    /// Project folder (default: the nearest folder upwards with a ttv.yaml).
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print one JSON object on stdout (human text and progress stay on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print every node as it finishes, and more detail.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a project here: ttv.yaml, references/, .gitignore.
+    Init,
+    /// Make what is missing, reuse everything else.
+    Build {
+        /// Node ids, shot ids, or groups (frames, segments, final). Default: segments and final.
+        targets: Vec<String>,
+        /// Generations in flight at once, over all backends (each backend also has `jobs`).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Make a new take of this node (the old one is kept, and can be pinned).
+        #[arg(long, value_name = "NODE")]
+        reroll: Vec<String>,
+        /// Make this node again even though it is cached (a generation becomes a new take).
+        #[arg(long, value_name = "NODE")]
+        force: Vec<String>,
+        /// Show what would be generated, like `ttv plan`, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Fail at once if another build holds the project, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// What a build would generate, why, and what it would cost. No API call.
+    Plan { targets: Vec<String> },
+    /// Why a node would be generated (or that it is cached), field by field.
+    Explain { node: String },
+    /// The takes of a node, with when and where they are.
+    Takes { node: String },
+    /// Remove build/ (the cache stays, so the next build costs nothing).
+    Clean {
+        /// Also remove the cache (.ttv/): every paid generation in it is lost.
+        #[arg(long)]
+        cache: bool,
+        /// Confirm `--cache`.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Drop cache entries that no current node (or any of its takes) reaches.
+    Gc {
+        /// Really drop them (without it, only shows what would go).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Re-hash every blob in the cache; damaged ones are dropped so the next build remakes them.
+    Verify,
+}
+
+/// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    match run(&cli, Progress::new(verbosity)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ttv: error: {e:#}");
+            exit_code_for(&e)
+        }
+    }
+}
+
+fn run(cli: &Cli, progress: Progress) -> Result<i32> {
+    if let Command::Init = cli.command {
+        let dir = match &cli.dir {
+            Some(d) => d.clone(),
+            None => std::env::current_dir()?,
+        };
+        housekeeping::init(&dir)?;
+        progress.info(&format!(
+            "started a project in {}: edit ttv.yaml, put reference images in references/, then run `ttv plan`",
+            dir.display()
+        ));
+        return Ok(EXIT_OK);
+    }
+    let root = project::find_root(cli.dir.as_deref())?;
+    let load = || -> Result<Project> { Ok(Project::load(&root)?) };
+    match &cli.command {
+        Command::Init => unreachable!("handled above"),
+        Command::Build {
+            targets,
+            jobs,
+            reroll,
+            force,
+            dry_run,
+            no_wait,
+        } => {
+            if *dry_run {
+                return plan(cli, load()?, targets, progress);
+            }
+            let opts = BuildOptions {
+                targets: targets.clone(),
+                jobs: *jobs,
+                reroll: reroll.clone(),
+                force: force.clone(),
+                no_wait: *no_wait,
+            };
+            run_build(cli, &root, load, &opts, progress)
+        }
+        Command::Plan { targets } => plan(cli, load()?, targets, progress),
+        Command::Explain { node } => explain(cli, load()?, node, progress),
+        Command::Takes { node } => takes(cli, load()?, node, progress),
+        Command::Clean { cache, yes } => {
+            housekeeping::clean(&root, *cache, *yes, &progress)?;
+            Ok(EXIT_OK)
+        }
+        Command::Gc { yes } => {
+            let session = Session::open(load()?, &all_targets(), &[], false, progress.clone())?;
+            let _lock = BuildLock::acquire(&session.project.cache_dir(), false, || {})?;
+            housekeeping::gc(&session, *yes, cli.json)?;
+            Ok(EXIT_OK)
+        }
+        Command::Verify => {
+            let Some(store) = Store::open_existing(&root.join(".ttv"))? else {
+                progress.info("no cache yet: nothing to verify");
+                return Ok(EXIT_OK);
+            };
+            let _lock = BuildLock::acquire(&store.dir, false, || {})?;
+            let bad = housekeeping::verify(&store, &progress, cli.json)?;
+            Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
+        }
+    }
+}
+
+/// Every node of the graph: what gc must keep and `takes` may ask about.
+fn all_targets() -> Vec<String> {
+    vec!["frames".into(), "segments".into()]
+}
+
+fn run_build(
+    cli: &Cli,
+    root: &Path,
+    load: impl Fn() -> Result<Project>,
+    opts: &BuildOptions,
+    progress: Progress,
+) -> Result<i32> {
+    let started = Instant::now();
+    // Check the project before waiting for the lock: a broken ttv.yaml fails at once.
+    load()?;
+    let cache_dir = root.join(".ttv");
+    let _lock = BuildLock::acquire(&cache_dir, !opts.no_wait, || {
+        progress.info("another ttv build is running in this project; waiting for it to finish (Ctrl-C to stop, --no-wait to fail instead)")
+    })?;
+    // Load again under the lock: the other build may have changed what is cached.
+    let project = load()?;
+    let mut rerolls = opts.reroll.clone();
+    rerolls.extend(opts.force.iter().cloned());
+    let session = Session::open(project, &opts.targets, &rerolls, true, progress.clone())?;
+    let preview = session.plan()?;
+    session.check_tools(&preview)?;
+    let dirty = preview
+        .nodes
+        .iter()
+        .filter(|n| n.status == Status::Dirty)
+        .count();
+    if dirty > 0 && preview.cost_usd > 0.0 {
+        progress.info(&format!(
+            "{dirty} node(s) to generate, estimated ${:.2}",
+            preview.cost_usd
+        ));
+    }
+    let total = session.needed.len() as u64;
+    let session = session.with_progress(progress.clone().with_total(total));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let project_cfg = session.project.config.clone();
+    let graph = session.graph.clone();
+    let report = runtime.block_on(build::build(session, opts))?;
+    print_build_summary(&report, started.elapsed().as_secs_f64(), &progress);
+    for r in &opts.reroll {
+        if let Some(n) = report.nodes.iter().find(|n| &n.id == r)
+            && n.status == Status::Generated
+            && let Some(i) = graph.index_of(r)
+        {
+            let pin = match &graph.nodes[i].kind {
+                NodeKind::Frame { shot, role, .. } => {
+                    Some((*shot, format!("{}_take", role.as_str())))
+                }
+                NodeKind::Segment { shot, .. } => Some((*shot, "take".to_string())),
+                _ => None,
+            };
+            if let Some((shot, field)) = pin {
+                progress.info(&format!(
+                    "{r}: made take {} (earlier takes are kept). To pin a take, set `{field}: N` under shot `{}` in ttv.yaml; `ttv takes {r}` lists them",
+                    n.take.unwrap_or(0),
+                    project_cfg.shots[shot].id
+                ));
+            }
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(if report.failed > 0 {
+        EXIT_NODE_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
+    let failed: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| n.status == Status::Failed)
+        .collect();
+    let mut line = format!("{} generated, {} cached", report.generated, report.cached);
+    if report.failed > 0 {
+        line += &format!(", {} failed", report.failed);
+    }
+    if report.skipped > 0 {
+        line += &format!(", {} skipped", report.skipped);
+    }
+    line += &format!(
+        " in {seconds:.1}s; spent ${:.2}, saved ${:.2}",
+        report.cost_usd, report.saved_usd
+    );
+    if progress.verbosity() != Verbosity::Quiet || !failed.is_empty() {
+        progress.println(&format!("ttv: {line}"));
+    }
+    for f in failed {
+        progress.println(&format!(
+            "ttv: error: {} failed: {}",
+            f.id,
+            f.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if report.failed > 0 {
+        progress.println(
+            "ttv: nodes that did not depend on the failure were finished and cached; fix the cause and run `ttv build` again",
+        );
+    }
+}
+
+fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> Result<i32> {
+    let session = Session::open(project, targets, &[], false, progress.clone())?;
+    let report = session.plan()?;
+    session.check_tools(&report)?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if progress.verbosity() == Verbosity::Quiet {
+        return Ok(EXIT_OK);
+    }
+    let dirty: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| n.status == Status::Dirty)
+        .collect();
+    for n in &report.nodes {
+        if n.status == Status::Dirty {
+            let cost = if n.cost_usd > 0.0 {
+                format!("  ${:.2}", n.cost_usd)
+            } else {
+                String::new()
+            };
+            progress.println(&format!(
+                "  generate {:<28} {}{cost}",
+                n.id,
+                n.reasons.join("; ")
+            ));
+        } else if progress.verbosity() == Verbosity::Verbose {
+            progress.println(&format!("  cached   {}", n.id));
+        }
+    }
+    let secs = report.estimated_seconds.unwrap_or(0.0);
+    progress.println(&format!(
+        "ttv: {} to generate, {} cached; estimated ${:.2} and about {}",
+        dirty.len(),
+        report.cached,
+        report.cost_usd,
+        human_duration(secs)
+    ));
+    Ok(EXIT_OK)
+}
+
+fn human_duration(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("{secs:.0}s")
+    } else {
+        format!("{:.0}m", secs / 60.0)
+    }
+}
+
+fn explain(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<i32> {
+    let session = Session::open(project, &[node.to_string()], &[], false, progress.clone())?;
+    let report = session.plan()?;
+    let Some(n) = report.nodes.iter().find(|n| n.id == node) else {
+        return Err(UsageError::new(format!(
+            "`{node}` is not a node id (a shot id or group names several nodes: explain one of them; `ttv plan -v` lists them)"
+        ))
+        .into());
+    };
+    if cli.json {
+        println!(
+            "{}",
+            json!({"id": n.id, "status": n.status, "key": n.key, "take": n.take, "reasons": n.reasons})
+        );
+    }
+    if n.status == Status::Cached {
+        progress.println(&format!(
+            "{} is cached (take {}, key {})",
+            n.id,
+            n.take.unwrap_or(1),
+            n.key.as_deref().map_or("", |k| &k[..16])
+        ));
+    } else {
+        progress.println(&format!("{} will be generated:", n.id));
+        for r in &n.reasons {
+            progress.println(&format!("  - {r}"));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<i32> {
+    let session = Session::open(project, &[node.to_string()], &[], false, progress.clone())?;
+    let report = session.plan()?;
+    let Some(n) = report.nodes.iter().find(|n| n.id == node) else {
+        return Err(UsageError::new(format!("`{node}` is not a node id")).into());
+    };
+    let Some(store) = &session.store else {
+        progress.info(&format!("{node} has no takes yet (nothing was built)"));
+        if cli.json {
+            println!("{}", json!({"node": node, "takes": []}));
+        }
+        return Ok(EXIT_OK);
+    };
+    let current = n.key.clone();
+    // With its inputs known, the takes are those of the current recipe; otherwise every
+    // generation ever recorded for the node.
+    let actions = match &current {
+        Some(key) => match store.action(key)? {
+            Some(a) => store.takes(&a.base_key)?,
+            None => store.actions_of_node(node)?,
+        },
+        None => store.actions_of_node(node)?,
+    };
+    let rows: Vec<_> = actions
+        .iter()
+        .map(|a| {
+            json!({
+                "take": a.take,
+                "key": a.key,
+                "blob": a.blob,
+                "created_at": a.created_at,
+                "backend": a.backend,
+                "cost_usd": a.cost_usd,
+                "current": Some(&a.key) == current.as_ref(),
+                "file": store.blobs.path_of(&a.blob).strip_prefix(&session.project.root).map(|p| p.display().to_string()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    if cli.json {
+        println!("{}", json!({"node": node, "takes": rows}));
+    }
+    if actions.is_empty() {
+        progress.println(&format!("{node} has no takes yet"));
+    }
+    for a in &actions {
+        let mark = if Some(&a.key) == current.as_ref() {
+            "*"
+        } else {
+            " "
+        };
+        progress.println(&format!(
+            "{mark} take {:<3} {}  {:<14} ${:.2}  {}",
+            a.take,
+            housekeeping::format_time(a.created_at),
+            a.backend,
+            a.cost_usd,
+            store.blobs.path_of(&a.blob).display()
+        ));
+    }
+    Ok(EXIT_OK)
 }

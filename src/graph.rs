@@ -106,30 +106,31 @@ impl Graph {
         let mut segments = Vec::new();
         for (i, shot) in cfg.shots.iter().enumerate() {
             let number = i + 1;
-            let start = if i == 0 || shot.transition == Transition::Cut || prev_end.is_none() {
-                let deps = auto_reference
-                    .filter(|_| shot.start_image.is_none())
-                    .into_iter()
-                    .collect();
-                nodes.push(Node {
-                    id: format!("frame/{}/start", shot.id),
-                    kind: NodeKind::Frame {
-                        shot: i,
-                        role: FrameRole::Start,
-                        input: None,
-                        auto_reference: if shot.start_image.is_none() {
-                            auto_reference
-                        } else {
-                            None
+            let start =
+                if let Some(p) = prev_end.filter(|_| shot.transition == Transition::Continue) {
+                    p
+                } else {
+                    let deps = auto_reference
+                        .filter(|_| shot.start_image.is_none())
+                        .into_iter()
+                        .collect();
+                    nodes.push(Node {
+                        id: format!("frame/{}/start", shot.id),
+                        kind: NodeKind::Frame {
+                            shot: i,
+                            role: FrameRole::Start,
+                            input: None,
+                            auto_reference: if shot.start_image.is_none() {
+                                auto_reference
+                            } else {
+                                None
+                            },
                         },
-                    },
-                    deps,
-                    output: PathBuf::from(format!("frames/{number:03}-{}-start.png", shot.id)),
-                });
-                nodes.len() - 1
-            } else {
-                prev_end.expect("checked above")
-            };
+                        deps,
+                        output: PathBuf::from(format!("frames/{number:03}-{}-start.png", shot.id)),
+                    });
+                    nodes.len() - 1
+                };
             let input = cfg.keyframes.chain.then_some(start);
             let mut deps: Vec<usize> = input.into_iter().chain(auto_reference).collect();
             deps.dedup();

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod filehash;
 pub mod graph;
+pub mod housekeeping;
 pub mod materialize;
 pub mod prices;
 pub mod progress;

@@ -296,20 +296,31 @@ pub fn frame_backend(project: &Project) -> Result<Arc<dyn FrameGenerator>, Proje
     }
 }
 
+/// A video backend with the model it runs (fallbacks may name another model).
+#[derive(Clone)]
+pub struct VideoBackend {
+    pub generator: Arc<dyn VideoGenerator>,
+    pub model: String,
+    /// The ttv.yaml path of its settings (`video`, `video.fallback.0`), for errors.
+    pub setting: String,
+}
+
 /// The video backends: `video.backend` first, then each of `video.fallback` in order.
-pub fn video_backends(project: &Project) -> Result<Vec<Arc<dyn VideoGenerator>>, ProjectError> {
+pub fn video_backends(project: &Project) -> Result<Vec<VideoBackend>, ProjectError> {
     let v = &project.config.video;
-    let mut out = vec![video_backend(
-        project, "video", &v.backend, v.api, &v.model,
-    )?];
+    let mut out = vec![VideoBackend {
+        generator: video_backend(project, "video", &v.backend, v.api, &v.model)?,
+        model: v.model.clone(),
+        setting: "video".into(),
+    }];
     for (i, f) in v.fallback.iter().enumerate() {
-        out.push(video_backend(
-            project,
-            &format!("video.fallback.{i}"),
-            &f.backend,
-            f.api.unwrap_or(v.api),
-            f.model.as_deref().unwrap_or(&v.model),
-        )?);
+        let at = format!("video.fallback.{i}");
+        let model = f.model.clone().unwrap_or_else(|| v.model.clone());
+        out.push(VideoBackend {
+            generator: video_backend(project, &at, &f.backend, f.api.unwrap_or(v.api), &model)?,
+            model,
+            setting: at,
+        });
     }
     Ok(out)
 }

@@ -1,0 +1,237 @@
+//! The commands around builds: `init`, `clean`, `gc`, `verify`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::build::Session;
+use crate::error::UsageError;
+use crate::progress::Progress;
+use crate::project::CONFIG_FILE;
+use crate::store::{BlobStore, BuildLock, Store};
+
+const INIT_YAML: &str = r#"version: 1
+name: my-film
+
+keyframes:
+  backend: preview              # preview (offline, free) | gemini
+  model: gemini-2.5-flash-image
+  aspect_ratio: "16:9"
+  references: references
+  chain: true
+  jobs: 4
+
+video:
+  backend: preview              # preview (offline, free) | veo
+  api: vertex                   # vertex | gemini
+  model: veo-3.0-generate-001
+  duration_seconds: 4
+  resolution: 720p
+  aspect_ratio: "16:9"
+  generate_audio: true
+  jobs: 2
+
+final:
+  output: final.mp4
+
+shots:
+  - id: opening
+    start: "Wide shot: the place where the story begins"
+    end: "The main character enters the frame"
+    motion: "Slow dolly in"
+"#;
+
+/// Writes a starter project into `dir`. Refuses to overwrite an existing ttv.yaml.
+pub fn init(dir: &Path) -> Result<()> {
+    let config = dir.join(CONFIG_FILE);
+    if config.exists() {
+        return Err(UsageError::new(format!(
+            "{} already exists; ttv init does not overwrite it",
+            config.display()
+        ))
+        .into());
+    }
+    fs::create_dir_all(dir.join("references"))
+        .with_context(|| format!("creating {}", dir.join("references").display()))?;
+    fs::write(&config, INIT_YAML).with_context(|| format!("writing {}", config.display()))?;
+    let gitignore = dir.join(".gitignore");
+    let mut text = fs::read_to_string(&gitignore).unwrap_or_default();
+    for line in [".ttv/", "build/"] {
+        if !text.lines().any(|l| l.trim() == line) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    fs::write(&gitignore, text).with_context(|| format!("writing {}", gitignore.display()))?;
+    Ok(())
+}
+
+/// Removes build/, and with `cache` (confirmed by `yes`) .ttv/ too.
+pub fn clean(root: &Path, cache: bool, yes: bool, progress: &Progress) -> Result<()> {
+    let cache_dir = root.join(".ttv");
+    if cache && !yes {
+        let (n, cost) = match Store::open_existing(&cache_dir)? {
+            Some(s) => s.paid_generations()?,
+            None => (0, 0.0),
+        };
+        return Err(UsageError::new(format!(
+            "`ttv clean --cache` deletes the cache with {n} generation(s) (${cost:.2} spent on them); add --yes to confirm"
+        ))
+        .into());
+    }
+    let _lock = if cache_dir.exists() {
+        Some(BuildLock::acquire(&cache_dir, false, || {})?)
+    } else {
+        None
+    };
+    let build = root.join(crate::materialize::BUILD_DIR);
+    if build.exists() {
+        fs::remove_dir_all(&build).with_context(|| format!("removing {}", build.display()))?;
+        progress.info("removed build/ (the cache is kept: the next build re-makes it at no cost)");
+    } else {
+        progress.info("nothing to clean in build/");
+    }
+    if cache && cache_dir.exists() {
+        let (n, cost) = match Store::open_existing(&cache_dir)? {
+            Some(s) => s.paid_generations()?,
+            None => (0, 0.0),
+        };
+        fs::remove_dir_all(&cache_dir)
+            .with_context(|| format!("removing {}", cache_dir.display()))?;
+        progress.info(&format!(
+            "removed .ttv/: {n} cached generation(s) (${cost:.2}) discarded"
+        ));
+    }
+    Ok(())
+}
+
+/// Drops actions whose recipe no current node has (every take of a current recipe is kept, so
+/// it can still be pinned), then blobs nothing references.
+pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
+    let Some(store) = &session.store else {
+        if json_out {
+            println!("{}", json!({"dropped": 0, "freed_bytes": 0}));
+        }
+        return Ok(());
+    };
+    let report = session.plan()?;
+    let mut keep_bases = HashSet::new();
+    let mut keep_nodes = HashSet::new();
+    for n in &report.nodes {
+        match n
+            .key
+            .as_deref()
+            .map(|k| store.action(k))
+            .transpose()?
+            .flatten()
+        {
+            Some(a) => {
+                keep_bases.insert(a.base_key);
+            }
+            // Inputs not built yet: which recipe it will have is unknown, keep its history.
+            None => {
+                keep_nodes.insert(n.id.clone());
+            }
+        }
+    }
+    let drop: Vec<_> = store
+        .all_actions()?
+        .into_iter()
+        .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
+        .collect();
+    let cost: f64 = drop.iter().map(|a| a.cost_usd).sum();
+    if !yes {
+        session.progress_info(&format!(
+            "gc would drop {} cache entries (${cost:.2} of generations no current node uses); run `ttv gc --yes` to drop them",
+            drop.len()
+        ));
+        if json_out {
+            println!(
+                "{}",
+                json!({"dropped": 0, "would_drop": drop.len(), "freed_bytes": 0})
+            );
+        }
+        return Ok(());
+    }
+    let keys: Vec<String> = drop.iter().map(|a| a.key.clone()).collect();
+    let sizes: std::collections::HashMap<String, u64> = store.all_blobs()?.into_iter().collect();
+    let orphans = store.delete_actions(&keys)?;
+    let mut freed = 0u64;
+    for h in &orphans {
+        let p = store.blobs.path_of(h);
+        if fs::remove_file(&p).is_ok() {
+            freed += sizes.get(h).copied().unwrap_or(0);
+        }
+    }
+    session.progress_info(&format!(
+        "dropped {} cache entries and {} blobs ({:.1} MiB freed)",
+        keys.len(),
+        orphans.len(),
+        freed as f64 / (1024.0 * 1024.0)
+    ));
+    if json_out {
+        println!("{}", json!({"dropped": keys.len(), "freed_bytes": freed}));
+    }
+    Ok(())
+}
+
+/// Re-hashes every blob; removes damaged or missing ones from the index (and disk) so the
+/// next build makes them again. Returns how many were bad.
+pub fn verify(store: &Store, progress: &Progress, json_out: bool) -> Result<usize> {
+    let blobs = store.all_blobs()?;
+    let mut bad = Vec::new();
+    for (hash, _) in &blobs {
+        if !store.blobs.verify(hash)? {
+            progress.warn(&format!(
+                "blob {hash} is missing or damaged; the nodes that used it will be made again"
+            ));
+            let _ = fs::remove_file(store.blobs.path_of(hash));
+            bad.push(hash.clone());
+        }
+    }
+    if json_out {
+        println!("{}", json!({"checked": blobs.len(), "damaged": bad}));
+    }
+    progress.info(&format!(
+        "verified {} blobs: {} damaged",
+        blobs.len(),
+        bad.len()
+    ));
+    Ok(bad.len())
+}
+
+/// `2026-11-25 04:08` (UTC) for a unix time.
+pub fn format_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn format_time_is_utc_civil_time() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00");
+        assert_eq!(super::format_time(1_795_234_080), "2026-11-20 01:28");
+    }
+}
