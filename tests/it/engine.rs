@@ -150,6 +150,13 @@ fn second_build_generates_nothing() {
 
     assert_nothing_generated(&second);
     assert_eq!(blobs(&first), blobs(&second));
+    for field in ["cost_usd", "saved_usd"] {
+        let usd = second[field].as_f64().expect(field);
+        assert!(
+            usd == 0.0 && usd.is_sign_positive(),
+            "the preview backend is free: {field} is {usd:?}"
+        );
+    }
 }
 
 #[test]
@@ -533,4 +540,126 @@ fn plan_and_dry_run_list_every_node_as_dirty_and_generate_nothing() {
         .success()
         .json();
     assert_eq!(ids_with_status(&plan, "cached"), all_needed(), "{plan:#}");
+}
+
+#[test]
+fn a_lost_blob_is_made_again_and_verify_finds_a_damaged_one() {
+    let p = basic();
+    let first = p.build_json(&[]);
+    let storm = blobs(&first)["frame/storm/end"].clone();
+    p.remove(format!(".ttv/objects/{}/{}", &storm[..2], &storm[2..]));
+    p.remove("build");
+
+    // The preview backend draws the same frame again, so nothing after it changes.
+    let report = p.build_json(&[]);
+    assert_generated(&report, &set(&["frame/storm/end"]));
+    assert_eq!(blobs(&report), blobs(&first));
+    let bytes = p.read_bytes("build/frames/002-storm-end.png");
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), storm);
+
+    let dream = blobs(&first)["segment/dream"].clone();
+    let blob = format!(".ttv/objects/{}/{}", &dream[..2], &dream[2..]);
+    let mut damaged = p.read_bytes(&blob);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    p.write(&blob, damaged);
+    let out = p.ttv(&["--json", "verify"]);
+    out.code(1);
+    let verify = out.json();
+    assert_eq!(verify["damaged"], serde_json::json!([dream]), "{verify:#}");
+    assert_eq!(verify["checked"], NEEDED.len(), "{verify:#}");
+
+    p.remove("build");
+    let report = p.build_json(&[]);
+    assert!(
+        generated_ids(&report).contains("segment/dream"),
+        "{}",
+        summary(&report)
+    );
+    for (id, _, output) in NEEDED {
+        let bytes = p.read_bytes(output);
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            blobs(&report)[*id],
+            "{output} is what the report says, never damaged bytes"
+        );
+    }
+    p.ttv(&["verify"]).success();
+}
+
+#[test]
+fn gc_drops_what_no_current_node_uses_and_keeps_every_take() {
+    let p = basic();
+    p.build_json(&[]);
+    p.build_json(&["--reroll", "segment/dream"]);
+    p.replace_in_yaml(STORM_END, "Hail hammers the lamp room windows");
+    p.build_json(&[]);
+
+    let dry = p.ttv(&["--json", "gc"]).success().json();
+    assert_eq!(dry["dropped"], 0, "gc without --yes drops nothing: {dry:#}");
+    // No current node uses the final video of dream's first take, nor what the storm prompt
+    // used to reach: storm's and lamp's end frames, segments lamp and dawn, and a final video.
+    let gc = p.ttv(&["--json", "gc", "--yes"]).success().json();
+    assert_eq!(gc["dropped"], 6, "{gc:#}");
+    assert_nothing_generated(&p.build_json(&[]));
+
+    let takes = p
+        .ttv(&["--json", "takes", "segment/dream"])
+        .success()
+        .json();
+    assert_eq!(
+        takes["takes"].as_array().map(Vec::len),
+        Some(2),
+        "both takes of a current segment stay pinnable: {takes:#}"
+    );
+
+    p.replace_in_yaml("Hail hammers the lamp room windows", STORM_END);
+    let report = p.build_json(&[]);
+    assert_generated(
+        &report,
+        &set(&[
+            "frame/storm/end",
+            "frame/lamp/end",
+            "segment/lamp",
+            "segment/dawn",
+            "final",
+        ]),
+    );
+}
+
+#[test]
+fn the_example_project_builds_offline() {
+    let p = Project::from_repo_dir("project.example");
+    let report = p.build_json(&[]);
+    assert_eq!(count(&report, "failed"), 0, "{report:#}");
+    assert_eq!(count(&report, "cached"), 0, "{report:#}");
+    // Shots of 2, 2, 4, 2 and 2 seconds.
+    let whole = ffprobe_duration(&p.path("build/final.mp4"));
+    assert!((whole - 12.0).abs() <= 0.3, "final.mp4 lasts {whole} s");
+    let again = p.build_json(&[]);
+    assert!(generated_ids(&again).is_empty(), "{}", summary(&again));
+    assert_eq!(
+        count(&again, "cached"),
+        count(&report, "generated"),
+        "{again:#}"
+    );
+}
+
+#[test]
+fn init_writes_a_starter_project_once() {
+    let p = Project::empty();
+    p.ttv(&["init"]).success();
+    assert!(
+        p.exists("ttv.yaml") && p.path("references").is_dir(),
+        "{}",
+        p.listing()
+    );
+    let ignored = p.read(".gitignore");
+    assert!(
+        ignored.lines().any(|l| l == ".ttv/") && ignored.lines().any(|l| l == "build/"),
+        "{ignored}"
+    );
+    let yaml = p.read("ttv.yaml");
+    p.ttv(&["init"]).code(2).stderr_contains("ttv.yaml");
+    assert_eq!(p.read("ttv.yaml"), yaml, "init never overwrites ttv.yaml");
 }

@@ -26,15 +26,34 @@ pub struct Project {
 impl Project {
     /// A fresh copy of `fixtures/<name>` in its own temp folder.
     pub fn from_fixture(name: &str) -> Project {
-        let src = fixtures_dir().join(name);
-        assert!(src.is_dir(), "no fixture project at {}", src.display());
+        Project::copy_of(&fixtures_dir().join(name))
+    }
+
+    /// A fresh copy of a folder of this repository (`project.example`).
+    pub fn from_repo_dir(rel: &str) -> Project {
+        Project::copy_of(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+    }
+
+    /// An empty temp folder.
+    pub fn empty() -> Project {
+        Project::new("empty")
+    }
+
+    fn copy_of(src: &Path) -> Project {
+        assert!(src.is_dir(), "no project folder at {}", src.display());
+        let name = src.file_name().expect("folder name").to_string_lossy();
+        let project = Project::new(&name);
+        copy_tree(src, &project.root);
+        project
+    }
+
+    fn new(name: &str) -> Project {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ttv-test-{name}-"))
             .tempdir()
             .expect("create temp dir");
         // Canonical, so that paths ttv prints can be compared with ours (macOS /private/var).
         let root = dir.path().canonicalize().expect("canonicalize temp dir");
-        copy_tree(&src, &root);
         Project {
             root,
             dir: Some(dir),
