@@ -78,7 +78,8 @@ impl Report {
                 .filter(|n| s.contains(&n.status))
                 .map(|n| n.cost_usd)
                 .sum();
-            (v * 1e6).round() / 1e6
+            // `+ 0.0` turns the -0.0 of an empty float sum into 0.
+            (v * 1e6).round() / 1e6 + 0.0
         };
         Report {
             generated: count(Status::Generated),
@@ -841,7 +842,15 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
                 report.backend.as_deref().unwrap_or("?"),
                 money_suffix(report.cost_usd)
             ),
-            Status::Cached => format!("cached    {}", report.id),
+            Status::Cached => {
+                if progress.verbosity() == crate::progress::Verbosity::Verbose {
+                    progress.finished(&format!("cached    {}", report.id), true);
+                } else {
+                    progress.finished("", true);
+                }
+                results.insert(i, report);
+                continue;
+            }
             _ => format!(
                 "FAILED    {}: {}",
                 report.id,

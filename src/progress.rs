@@ -97,7 +97,7 @@ impl Progress {
             if self.inner.verbosity == Verbosity::Verbose {
                 t.println(format!("  {line}"));
             }
-        } else if self.inner.verbosity != Verbosity::Quiet {
+        } else if self.inner.verbosity != Verbosity::Quiet && !line.is_empty() {
             eprintln!("  {line}");
         }
     }

@@ -1,18 +1,57 @@
 //! The built-in offline backend: deterministic images drawn from the recipe and short real MP4
 //! clips made from the frames with ffmpeg. No network, no cost.
+//!
+//! Everything a preview shows is derived from the request, so that what changed between two
+//! builds is visible: the prompt picks the background colours, the key (so a reroll) picks the
+//! band of blocks along the top, the input image is blended into the left of the picture (the
+//! chain's continuity) and the references are thumbnails along the bottom.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use image::imageops::{self, FilterType};
+use image::{Rgb, RgbImage};
+use tempfile::TempPath;
 
 use super::{
-    FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, VideoCaps,
-    VideoGenerator, VideoOutput, VideoRequest,
+    FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput,
+    VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
+use crate::stitch::{ffmpeg_command, stderr_tail};
 
-/// `TTV_PREVIEW_LATENCY_MS`: a simulated delay per generation (benchmarks, tests).
+/// `TTV_PREVIEW_LATENCY_MS`: a simulated delay per generation, in milliseconds (benchmarks,
+/// tests of parallelism and interruption).
 pub const LATENCY_ENV: &str = "TTV_PREVIEW_LATENCY_MS";
+
+/// `TTV_PREVIEW_FAIL`: comma-separated substrings; a preview generation whose prompt contains one
+/// of them fails permanently. For rehearsing failures (fallbacks, exit codes, partial builds)
+/// offline.
+pub const FAIL_ENV: &str = "TTV_PREVIEW_FAIL";
+
+/// Long side of a preview frame, in pixels: small, so that tests and rehearsals are fast.
+const FRAME_LONG_SIDE: u32 = 384;
+
+/// Frame rate of preview clips.
+const CLIP_FPS: u32 = 12;
+
+/// Fraction of the frame's width the input image covers at full strength before fading out.
+const INPUT_COVER: f32 = 0.6;
+/// Width, as a fraction of the frame, of the fade from the input image to the background.
+const INPUT_FADE: f32 = 0.15;
+/// Opacity of the input image where it covers the frame: the new prompt's colours still show.
+const INPUT_OPACITY: f32 = 0.8;
+
+/// Height of the band of key-hash blocks along the top.
+const KEY_BAND_HEIGHT: u32 = 8;
 
 pub struct PreviewFrames;
 
+/// Preview clips ignore `resolution`: every clip is small (384 px on the long side, 288x288 for
+/// 1:1) whatever 720p / 1080p says, because a preview is for checking the storyboard, not the
+/// picture.
 pub struct PreviewVideo;
 
 #[async_trait]
@@ -22,7 +61,13 @@ impl FrameGenerator for PreviewFrames {
     }
 
     fn capabilities(&self, _model: &str) -> FrameCaps {
-        todo!("preview helper")
+        FrameCaps {
+            aspect_ratios: vec![
+                "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+            ],
+            max_input_images: 16,
+            max_request_bytes: 20 * 1024 * 1024,
+        }
     }
 
     async fn generate(
@@ -30,8 +75,12 @@ impl FrameGenerator for PreviewFrames {
         req: &FrameRequest,
         ctx: &GenContext,
     ) -> Result<FrameOutput, GenError> {
-        let _ = (req, ctx);
-        todo!("preview helper")
+        simulate(&req.prompt).await?;
+        (ctx.status)("drawing".into());
+        Ok(FrameOutput {
+            png: draw(req.clone()).await?,
+            model_version: None,
+        })
     }
 }
 
@@ -42,7 +91,17 @@ impl VideoGenerator for PreviewVideo {
     }
 
     fn capabilities(&self, _model: &str) -> VideoCaps {
-        todo!("preview helper")
+        VideoCaps {
+            // Real Veo makes 4, 6 or 8 s; 1 s clips keep tests fast.
+            durations: (1..=8).collect(),
+            resolutions: vec!["720p", "1080p"],
+            aspect_ratios: vec!["16:9", "9:16", "1:1"],
+            first_last_frame: true,
+            seed: true,
+            generate_audio: true,
+            max_input_bytes: 20 * 1024 * 1024,
+            max_prompt_chars: 4000,
+        }
     }
 
     async fn generate(
@@ -50,7 +109,697 @@ impl VideoGenerator for PreviewVideo {
         req: &VideoRequest,
         ctx: &GenContext,
     ) -> Result<VideoOutput, GenError> {
-        let _ = (req, ctx);
-        todo!("preview helper")
+        simulate(&req.prompt).await?;
+        let (width, height) = clip_size(&req.params.aspect_ratio)?;
+        if req.params.duration_seconds == 0 {
+            return Err(GenError::Permanent("preview cannot make a 0 s clip".into()));
+        }
+        let motion = match (&req.first, &req.last) {
+            (Some(first), Some(last)) => Motion::CrossFade(
+                write_input(first, &ctx.tmp_dir, "first").await?,
+                write_input(last, &ctx.tmp_dir, "last").await?,
+            ),
+            (Some(first), None) => Motion::ZoomIn(write_input(first, &ctx.tmp_dir, "first").await?),
+            (None, Some(last)) => Motion::ZoomOut(write_input(last, &ctx.tmp_dir, "last").await?),
+            // Text-to-video: draw the prompt's frame and zoom into it, as with a first frame.
+            (None, None) => {
+                (ctx.status)("drawing".into());
+                let frame_req = FrameRequest {
+                    model: req.params.model.clone(),
+                    aspect_ratio: req.params.aspect_ratio.clone(),
+                    prompt: req.prompt.clone(),
+                    input_image: None,
+                    references: Vec::new(),
+                    key: req.key.clone(),
+                };
+                let drawn = ImageInput {
+                    name: "first".into(),
+                    mime_type: "image/png".into(),
+                    bytes: Arc::new(draw(frame_req).await?),
+                };
+                Motion::ZoomIn(write_input(&drawn, &ctx.tmp_dir, "first").await?)
+            }
+        };
+        let out = tempfile::Builder::new()
+            .prefix("preview-")
+            .suffix(".mp4")
+            .tempfile_in(&ctx.tmp_dir)
+            .map_err(|e| {
+                GenError::Permanent(format!(
+                    "preview: cannot create a temporary file in {}: {e}",
+                    ctx.tmp_dir.display()
+                ))
+            })?
+            .into_temp_path();
+        let clip = Clip {
+            width,
+            height,
+            seconds: req.params.duration_seconds,
+            motion,
+            tone_hz: req
+                .params
+                .generate_audio
+                .then(|| tone_frequency(&req.prompt)),
+            focus: focus_point(&req.key),
+        };
+        (ctx.status)("encoding".into());
+        run_ffmpeg(&clip.args(&out)).await?;
+        Ok(VideoOutput { mp4: out })
+    }
+}
+
+/// The simulated latency and failure every preview generation goes through.
+async fn simulate(prompt: &str) -> Result<(), GenError> {
+    if let Ok(ms) = std::env::var(LATENCY_ENV) {
+        let ms: u64 = ms.trim().parse().map_err(|_| {
+            GenError::Permanent(format!(
+                "{LATENCY_ENV} must be a whole number of milliseconds, not `{ms}`"
+            ))
+        })?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Ok(patterns) = std::env::var(FAIL_ENV)
+        && let Some(hit) = simulated_failure(prompt, &patterns)
+    {
+        return Err(GenError::Permanent(format!(
+            "preview: simulated failure ({FAIL_ENV} matched `{hit}`)"
+        )));
+    }
+    Ok(())
+}
+
+/// The first of the comma-separated `patterns` that `prompt` contains (empty ones never match).
+fn simulated_failure<'a>(prompt: &str, patterns: &'a str) -> Option<&'a str> {
+    patterns
+        .split(',')
+        .map(str::trim)
+        .find(|p| !p.is_empty() && prompt.contains(p))
+}
+
+/// Frame size for an aspect ratio `W:H`: the long side is `FRAME_LONG_SIDE`, the short side is
+/// rounded to an even number (what H.264 in yuv420p needs, should a frame be encoded as is).
+fn frame_size(aspect_ratio: &str) -> Result<(u32, u32), GenError> {
+    let bad = || GenError::Permanent(format!("preview: `{aspect_ratio}` is not an aspect ratio"));
+    let (w, h) = aspect_ratio.split_once(':').ok_or_else(bad)?;
+    let w: u32 = w.trim().parse().map_err(|_| bad())?;
+    let h: u32 = h.trim().parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    let short = |num: u32, den: u32| {
+        let exact = f64::from(FRAME_LONG_SIDE) * f64::from(num) / f64::from(den);
+        ((exact / 2.0).round() as u32 * 2).max(2)
+    };
+    Ok(if w >= h {
+        (FRAME_LONG_SIDE, short(h, w))
+    } else {
+        (short(w, h), FRAME_LONG_SIDE)
+    })
+}
+
+fn clip_size(aspect_ratio: &str) -> Result<(u32, u32), GenError> {
+    match aspect_ratio {
+        "16:9" => Ok((384, 216)),
+        "9:16" => Ok((216, 384)),
+        "1:1" => Ok((288, 288)),
+        other => Err(GenError::Permanent(format!(
+            "preview cannot make {other} video; use 16:9, 9:16 or 1:1"
+        ))),
+    }
+}
+
+/// `draw_png` off the async threads: decoding, resizing and encoding take milliseconds of CPU.
+async fn draw(req: FrameRequest) -> Result<Vec<u8>, GenError> {
+    tokio::task::spawn_blocking(move || draw_png(&req))
+        .await
+        .map_err(|e| GenError::Permanent(format!("preview: the drawing task failed: {e}")))?
+}
+
+/// Draws the frame for `req` and encodes it as PNG. Pure: the same request gives the same bytes.
+fn draw_png(req: &FrameRequest) -> Result<Vec<u8>, GenError> {
+    let (width, height) = frame_size(&req.aspect_ratio)?;
+    let prompt_hash = blake3::hash(req.prompt.as_bytes());
+    let mut canvas = background(width, height, prompt_hash.as_bytes());
+    if let Some(input) = &req.input_image {
+        blend_input(&mut canvas, &decode(input)?);
+    }
+    let references = req
+        .references
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?;
+    thumbnail_strip(&mut canvas, &references);
+    key_band(&mut canvas, blake3::hash(req.key.as_bytes()).as_bytes());
+
+    let mut png = Vec::new();
+    canvas
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| GenError::Permanent(format!("preview: cannot encode the frame: {e}")))?;
+    Ok(png)
+}
+
+fn decode(input: &ImageInput) -> Result<RgbImage, GenError> {
+    image::load_from_memory(&input.bytes)
+        .map(|img| img.to_rgb8())
+        .map_err(|e| {
+            GenError::Permanent(format!(
+                "preview: cannot decode the image `{}` ({}): {e}",
+                input.name, input.mime_type
+            ))
+        })
+}
+
+/// A diagonal gradient between two colours of the prompt hash, crossed by soft stripes whose
+/// spacing and direction also come from the hash: two prompts rarely look alike.
+fn background(width: u32, height: u32, hash: &[u8; 32]) -> RgbImage {
+    let from = [hash[0], hash[1], hash[2]].map(f32::from);
+    let to = [hash[3], hash[4], hash[5]].map(f32::from);
+    let period = 12.0 + f32::from(hash[6] % 36);
+    let slope = if hash[7].is_multiple_of(2) { 1.0 } else { -1.0 };
+    let span = (width + height) as f32;
+    RgbImage::from_fn(width, height, |x, y| {
+        let t = (x + y) as f32 / span;
+        let phase = (x as f32 + slope * y as f32) / period;
+        let stripe = if phase.rem_euclid(2.0) < 1.0 {
+            1.0
+        } else {
+            0.85
+        };
+        Rgb(std::array::from_fn(|c| {
+            ((from[c] * (1.0 - t) + to[c] * t) * stripe).round() as u8
+        }))
+    })
+}
+
+/// Scales `input` to the whole frame and blends it over the left part, fading into the
+/// background: the previous frame of the chain stays recognizable in the next one.
+fn blend_input(canvas: &mut RgbImage, input: &RgbImage) {
+    let (width, height) = canvas.dimensions();
+    let scaled = imageops::resize(input, width, height, FilterType::Triangle);
+    let cover = width as f32 * INPUT_COVER;
+    let fade = width as f32 * INPUT_FADE;
+    for (x, y, px) in canvas.enumerate_pixels_mut() {
+        let alpha = INPUT_OPACITY * (1.0 - ((x as f32 - cover) / fade).clamp(0.0, 1.0));
+        if alpha <= 0.0 {
+            continue;
+        }
+        let src = scaled.get_pixel(x, y);
+        for c in 0..3 {
+            let mixed = f32::from(src[c]) * alpha + f32::from(px[c]) * (1.0 - alpha);
+            px[c] = mixed.round() as u8;
+        }
+    }
+}
+
+/// Each reference as a framed thumbnail, left to right along the bottom edge.
+fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) {
+    if references.is_empty() {
+        return;
+    }
+    let (width, height) = canvas.dimensions();
+    let gap = 3u32;
+    let n = references.len() as u32;
+    let slot = (height / 5)
+        .max(8)
+        .min(((width - gap) / n).saturating_sub(gap));
+    let box_size = slot.saturating_sub(2);
+    if box_size == 0 {
+        return;
+    }
+    let top = height - slot - gap;
+    for (i, reference) in references.iter().enumerate() {
+        let left = gap + i as u32 * (slot + gap);
+        for y in top..top + slot {
+            for x in left..left + slot {
+                canvas.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+        let thumb = imageops::resize(reference, box_size, box_size, FilterType::Triangle);
+        imageops::replace(canvas, &thumb, i64::from(left + 1), i64::from(top + 1));
+    }
+}
+
+/// The key's hash as a row of coloured blocks along the top: a reroll (same prompt, new key)
+/// is visibly a different take.
+fn key_band(canvas: &mut RgbImage, hash: &[u8; 32]) {
+    let width = canvas.width();
+    let height = KEY_BAND_HEIGHT.min(canvas.height());
+    let blocks = hash.len() as u32;
+    for x in 0..width {
+        let b = hash[(x * blocks / width) as usize];
+        let colour = Rgb([b, b.rotate_left(3), b.rotate_left(6)]);
+        for y in 0..height {
+            canvas.put_pixel(x, y, colour);
+        }
+    }
+}
+
+/// A quiet tone per prompt, between 220 and 880 Hz: a prompt edit is audible too.
+fn tone_frequency(prompt: &str) -> u32 {
+    let h = blake3::hash(prompt.as_bytes());
+    220 + u32::from(u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]])) % 661
+}
+
+/// Where a zoom heads, as fractions of the width and height (0.3..0.7): rerolls move
+/// differently.
+fn focus_point(key: &str) -> (f32, f32) {
+    let h = blake3::hash(key.as_bytes());
+    let frac = |b: u8| 0.3 + 0.4 * f32::from(b) / 255.0;
+    (frac(h.as_bytes()[0]), frac(h.as_bytes()[1]))
+}
+
+/// Writes an input image where ffmpeg can read it; the file goes when the `TempPath` drops.
+async fn write_input(image: &ImageInput, dir: &Path, role: &str) -> Result<TempPath, GenError> {
+    let path = tempfile::Builder::new()
+        .prefix(&format!("preview-{role}-"))
+        .suffix(extension(&image.mime_type))
+        .tempfile_in(dir)
+        .map_err(|e| {
+            GenError::Permanent(format!(
+                "preview: cannot create a temporary file in {}: {e}",
+                dir.display()
+            ))
+        })?
+        .into_temp_path();
+    tokio::fs::write(&path, image.bytes.as_slice())
+        .await
+        .map_err(|e| {
+            GenError::Permanent(format!("preview: cannot write {}: {e}", path.display()))
+        })?;
+    Ok(path)
+}
+
+fn extension(mime_type: &str) -> &'static str {
+    match mime_type {
+        "image/jpeg" => ".jpg",
+        "image/webp" => ".webp",
+        "image/bmp" => ".bmp",
+        _ => ".png",
+    }
+}
+
+/// How a clip moves from its frame(s).
+enum Motion {
+    /// A slow zoom into the first frame.
+    ZoomIn(TempPath),
+    /// A slow zoom out that ends on the last frame.
+    ZoomOut(TempPath),
+    /// Holds the first frame, cross-fades to the last, holds it.
+    CrossFade(TempPath, TempPath),
+}
+
+/// One preview clip, as ffmpeg arguments.
+struct Clip {
+    width: u32,
+    height: u32,
+    seconds: u32,
+    motion: Motion,
+    tone_hz: Option<u32>,
+    focus: (f32, f32),
+}
+
+/// How much a zoom magnifies over a clip.
+const ZOOM: f32 = 0.2;
+/// Quiet: the tone is there to show that audio is, not to be listened to.
+const TONE_VOLUME: f32 = 0.1;
+
+impl Clip {
+    fn args(&self, out: &Path) -> Vec<OsString> {
+        let (w, h, secs) = (self.width, self.height, self.seconds);
+        let frames = secs * CLIP_FPS;
+        let fit = |input: usize, fw: u32, fh: u32| {
+            format!(
+                "[{input}:v]scale={fw}:{fh}:force_original_aspect_ratio=decrease,\
+                 pad={fw}:{fh}:(ow-iw)/2:(oh-ih)/2,setsar=1"
+            )
+        };
+        let mut args: Vec<OsString> = Vec::new();
+        let (video_inputs, graph) = match &self.motion {
+            Motion::ZoomIn(path) | Motion::ZoomOut(path) => {
+                args.extend(["-i".into(), path.as_os_str().to_owned()]);
+                let progress = format!("on/{}", frames - 1);
+                let zoom = match self.motion {
+                    Motion::ZoomOut(_) => format!("1+{ZOOM}*(1-{progress})"),
+                    _ => format!("1+{ZOOM}*{progress}"),
+                };
+                let (fx, fy) = self.focus;
+                // zoompan moves in whole pixels: working at 4x keeps the motion smooth.
+                let graph = format!(
+                    "{},zoompan=z='{zoom}':x='(iw-iw/zoom)*{fx:.3}':y='(ih-ih/zoom)*{fy:.3}':\
+                     d={frames}:s={w}x{h}:fps={CLIP_FPS},format=yuv420p[v]",
+                    fit(0, w * 4, h * 4)
+                );
+                (1, graph)
+            }
+            Motion::CrossFade(first, last) => {
+                let hold = f64::from(secs) * 0.2;
+                let fade = f64::from(secs) * 0.6;
+                for (path, length) in [(first, f64::from(secs)), (last, f64::from(secs) - hold)] {
+                    args.extend([
+                        "-loop".into(),
+                        "1".into(),
+                        "-framerate".into(),
+                        CLIP_FPS.to_string().into(),
+                        "-t".into(),
+                        format!("{length:.3}").into(),
+                        "-i".into(),
+                        path.as_os_str().to_owned(),
+                    ]);
+                }
+                let graph = format!(
+                    "{},format=yuv420p[a];{},format=yuv420p[b];\
+                     [a][b]xfade=transition=fade:duration={fade:.3}:offset={hold:.3}[v]",
+                    fit(0, w, h),
+                    fit(1, w, h)
+                );
+                (2, graph)
+            }
+        };
+        let graph = match self.tone_hz {
+            Some(hz) => {
+                args.extend([
+                    "-f".into(),
+                    "lavfi".into(),
+                    "-i".into(),
+                    format!("sine=frequency={hz}:sample_rate=48000:duration={secs}").into(),
+                ]);
+                format!("{graph};[{video_inputs}:a]volume={TONE_VOLUME}[a]")
+            }
+            None => graph,
+        };
+        args.extend([
+            "-filter_complex".into(),
+            graph.into(),
+            "-map".into(),
+            "[v]".into(),
+        ]);
+        if self.tone_hz.is_some() {
+            args.extend(["-map".into(), "[a]".into(), "-c:a".into(), "aac".into()]);
+            args.extend(["-b:a".into(), "64k".into()]);
+        }
+        for a in [
+            "-t",
+            &secs.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            // One thread: x264's output depends on its thread count, so it would differ
+            // between machines.
+            "-threads",
+            "1",
+            "-pix_fmt",
+            "yuv420p",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-flags:a",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+        ] {
+            args.push(a.into());
+        }
+        args.push(out.as_os_str().to_owned());
+        args
+    }
+}
+
+async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {
+    let output = ffmpeg_command()
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| GenError::Permanent(format!("preview: cannot run ffmpeg: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(GenError::Permanent(format!(
+            "preview: ffmpeg failed ({}): {}",
+            output.status,
+            stderr_tail(&output.stderr)
+        )))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backends::{OperationLog, VideoParams};
+
+    /// The `operations` table as a map: preview never submits operations, but a `GenContext`
+    /// needs one.
+    #[derive(Default)]
+    struct MemoryLog(Mutex<HashMap<String, (String, String)>>);
+
+    impl OperationLog for MemoryLog {
+        fn pending(&self, key: &str, backend: &str) -> Option<String> {
+            let map = self.0.lock().unwrap();
+            map.get(key)
+                .filter(|(b, _)| b == backend)
+                .map(|(_, op)| op.clone())
+        }
+
+        fn record(&self, key: &str, backend: &str, operation_name: &str) -> anyhow::Result<()> {
+            let mut map = self.0.lock().unwrap();
+            map.insert(key.into(), (backend.into(), operation_name.into()));
+            Ok(())
+        }
+
+        fn clear(&self, key: &str) -> anyhow::Result<()> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+    }
+
+    /// A context writing under `tmp_dir`, and the statuses the backend reported.
+    pub(crate) fn test_ctx(tmp_dir: &Path) -> (GenContext, Arc<Mutex<Vec<String>>>) {
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let seen = statuses.clone();
+        let ctx = GenContext {
+            node_id: "test".into(),
+            key: "test-key".into(),
+            tmp_dir: tmp_dir.to_path_buf(),
+            operations: Arc::new(MemoryLog::default()),
+            status: Arc::new(move |s| seen.lock().unwrap().push(s)),
+        };
+        (ctx, statuses)
+    }
+
+    pub(crate) fn png_input(name: &str, png: Vec<u8>) -> ImageInput {
+        ImageInput {
+            name: name.into(),
+            mime_type: "image/png".into(),
+            bytes: Arc::new(png),
+        }
+    }
+
+    pub(crate) fn frame_request(prompt: &str, key: &str) -> FrameRequest {
+        FrameRequest {
+            model: "preview".into(),
+            aspect_ratio: "16:9".into(),
+            prompt: prompt.into(),
+            input_image: None,
+            references: Vec::new(),
+            key: key.into(),
+        }
+    }
+
+    pub(crate) fn video_request(
+        prompt: &str,
+        key: &str,
+        aspect_ratio: &str,
+        generate_audio: bool,
+    ) -> VideoRequest {
+        VideoRequest {
+            params: VideoParams {
+                model: "preview".into(),
+                duration_seconds: 1,
+                resolution: "720p".into(),
+                aspect_ratio: aspect_ratio.into(),
+                generate_audio,
+                negative_prompt: String::new(),
+                seed: None,
+                first_last: false,
+            },
+            prompt: prompt.into(),
+            first: None,
+            last: None,
+            key: key.into(),
+        }
+    }
+
+    fn solid_png(colour: [u8; 3]) -> Vec<u8> {
+        let img = RgbImage::from_pixel(64, 48, Rgb(colour));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    }
+
+    async fn draw(req: &FrameRequest) -> RgbImage {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let out = PreviewFrames.generate(req, &ctx).await.unwrap();
+        image::load_from_memory(&out.png).unwrap().to_rgb8()
+    }
+
+    #[tokio::test]
+    async fn the_same_request_draws_the_same_bytes_and_edits_show() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, statuses) = test_ctx(tmp.path());
+        let storm = frame_request("a storm over the harbour", "k1");
+        let a = PreviewFrames.generate(&storm, &ctx).await.unwrap();
+        let b = PreviewFrames.generate(&storm, &ctx).await.unwrap();
+        assert_eq!(a.png, b.png, "a preview frame must be reproducible");
+        assert_eq!(a.model_version, None);
+
+        let calm = frame_request("a calm harbour at dawn", "k1");
+        let c = PreviewFrames.generate(&calm, &ctx).await.unwrap();
+        assert_ne!(a.png, c.png, "a prompt edit must change the frame");
+
+        let reroll = frame_request("a storm over the harbour", "k2");
+        let d = PreviewFrames.generate(&reroll, &ctx).await.unwrap();
+        assert_ne!(a.png, d.png, "a new take must look different");
+        assert!(statuses.lock().unwrap().iter().any(|s| s == "drawing"));
+    }
+
+    #[tokio::test]
+    async fn frames_take_their_size_from_the_aspect_ratio() {
+        for (ratio, size) in [
+            ("16:9", (384, 216)),
+            ("9:16", (216, 384)),
+            ("1:1", (384, 384)),
+            ("21:9", (384, 164)),
+            ("4:5", (308, 384)),
+        ] {
+            let mut req = frame_request("sizes", "k");
+            req.aspect_ratio = ratio.into();
+            assert_eq!(draw(&req).await.dimensions(), size, "{ratio}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_input_image_and_references_are_visible() {
+        let plain = draw(&frame_request("a lighthouse", "k")).await;
+        let mut req = frame_request("a lighthouse", "k");
+        req.input_image = Some(png_input("input", solid_png([255, 0, 0])));
+        req.references = vec![
+            png_input("boat", solid_png([0, 255, 0])),
+            png_input("keeper", solid_png([0, 0, 255])),
+        ];
+        let composed = draw(&req).await;
+
+        // The left of the frame is mostly the input image (red), the right is untouched.
+        let left = composed.get_pixel(20, 100);
+        assert!(left[0] >= 200, "input not blended in: {left:?}");
+        assert_eq!(composed.get_pixel(380, 100), plain.get_pixel(380, 100));
+
+        // Thumbnails along the bottom, in order, framed in white.
+        let slot = 216 / 5;
+        let centre_y = 216 - 3 - slot / 2;
+        assert_eq!(
+            composed.get_pixel(3 + slot / 2, centre_y),
+            &Rgb([0, 255, 0])
+        );
+        assert_eq!(
+            composed.get_pixel(3 + slot + 3 + slot / 2, centre_y),
+            &Rgb([0, 0, 255])
+        );
+        assert_eq!(composed.get_pixel(3, centre_y), &Rgb([255, 255, 255]));
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_input_is_a_permanent_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let mut req = frame_request("broken", "k");
+        req.references = vec![png_input("ghost", b"not an image".to_vec())];
+        match PreviewFrames.generate(&req, &ctx).await {
+            Err(GenError::Permanent(m)) => assert!(m.contains("`ghost`"), "{m}"),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn ttv_preview_latency_ms_delays_each_generation() {
+        // SAFETY: every other reader in this process goes through std::env, which serializes
+        // access; a valid delay only slows tests that run meanwhile.
+        unsafe { std::env::set_var(LATENCY_ENV, "250") };
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+        let started = std::time::Instant::now();
+        let result = PreviewFrames
+            .generate(&frame_request("slow", "k"), &ctx)
+            .await;
+        let elapsed = started.elapsed();
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(LATENCY_ENV) };
+        result.unwrap();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ffmpeg_failure_is_permanent_and_carries_its_stderr() {
+        let args: Vec<OsString> = ["-i", "/nonexistent/first.png", "-f", "mp4", "/dev/null"]
+            .map(OsString::from)
+            .into();
+        match run_ffmpeg(&args).await {
+            Err(GenError::Permanent(m)) => {
+                assert!(m.starts_with("preview: ffmpeg failed"), "{m}");
+                assert!(m.contains("/nonexistent/first.png"), "{m}");
+            }
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failure_patterns_match_substrings_of_the_prompt() {
+        assert_eq!(
+            simulated_failure("the storm breaks", "calm, storm"),
+            Some("storm")
+        );
+        assert_eq!(simulated_failure("the storm breaks", "calm,,"), None);
+        assert_eq!(simulated_failure("anything", ""), None);
+    }
+
+    #[tokio::test]
+    async fn ttv_preview_fail_fails_matching_generations_permanently() {
+        let marker = "rehearse-failure-3f9c";
+        // SAFETY: every other reader in this process goes through std::env, which serializes
+        // access; no test prompt but this one contains the marker.
+        unsafe { std::env::set_var(FAIL_ENV, format!("unrelated,{marker}")) };
+        let tmp = tempfile::tempdir().unwrap();
+        let (ctx, _) = test_ctx(tmp.path());
+
+        let frame = PreviewFrames
+            .generate(&frame_request(&format!("a {marker} frame"), "k"), &ctx)
+            .await;
+        let video = PreviewVideo
+            .generate(
+                &video_request(&format!("a {marker} clip"), "k", "16:9", false),
+                &ctx,
+            )
+            .await;
+        let unaffected = PreviewFrames
+            .generate(&frame_request("an ordinary frame", "k"), &ctx)
+            .await;
+
+        let expected = format!("preview: simulated failure ({FAIL_ENV} matched `{marker}`)");
+        for result in [frame.map(|_| ()), video.map(|_| ())] {
+            match result {
+                Err(e @ GenError::Permanent(_)) => assert_eq!(e.to_string(), expected),
+                other => panic!("expected a simulated permanent failure, got {other:?}"),
+            }
+        }
+        assert!(unaffected.is_ok());
     }
 }

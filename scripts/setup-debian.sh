@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what ttv needs to build and test on Debian/Ubuntu: ffmpeg (preview clips, the final
+# video, and the tests' checks) and, if missing, a Rust toolchain; then runs the command given.
+# Safe to run again: what is there already is not installed twice.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  echo "setup: installing ffmpeg" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  echo "setup: installing Rust with rustup" >&2
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq curl build-essential >/dev/null
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Then run the command given, if any (e.g. `cargo test`).
+if [ "$#" -gt 0 ]; then
+  exec "$@"
+fi
