@@ -159,7 +159,9 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Gc { yes } => {
-            let session = Session::open(load()?, &all_targets(), &[], false, progress.clone())?;
+            let project = load()?;
+            let targets = all_targets(&project);
+            let session = Session::open(project, &targets, &[], false, progress.clone())?;
             let _lock = BuildLock::acquire(&session.project.cache_dir(), false, || {})?;
             housekeeping::gc(&session, *yes, cli.json)?;
             Ok(EXIT_OK)
@@ -176,9 +178,13 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
     }
 }
 
-/// Every node of the graph: what gc must keep and `takes` may ask about.
-fn all_targets() -> Vec<String> {
-    vec!["frames".into(), "segments".into()]
+/// Every node of the graph: what gc must keep.
+fn all_targets(project: &Project) -> Vec<String> {
+    let mut t = vec!["frames".to_string(), "segments".to_string()];
+    if project.config.final_.is_some() {
+        t.push("final".into());
+    }
+    t
 }
 
 fn run_build(
