@@ -232,6 +232,6 @@ mod tests {
     #[test]
     fn format_time_is_utc_civil_time() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00");
-        assert_eq!(super::format_time(1_795_234_080), "2026-11-20 01:28");
+        assert_eq!(super::format_time(1_795_234_080), "2026-11-21 04:08");
     }
 }
