@@ -16,5 +16,6 @@ pub mod prices;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod secret;
 pub mod stitch;
 pub mod store;

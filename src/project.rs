@@ -9,9 +9,10 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ProjectError, ProjectErrors};
+use crate::secret::Secret;
 
 pub const CONFIG_FILE: &str = "ttv.yaml";
 /// Extensions of reference images, lower case. Other files in references/ are skipped with a note.
@@ -235,35 +236,6 @@ pub struct PriceOverride {
     /// USD per second of generated video.
     #[serde(default)]
     pub per_second: Option<f64>,
-}
-
-/// A credential found in ttv.yaml. Its Debug and Serialize forms are `<redacted>`, so it cannot
-/// leak through logs, `--json` output or anything derived from the config.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The key itself, for the one place that sends it (a request header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
 }
 
 /// One reference image found in the references folder (bytes are not read here: hashing goes

@@ -8,7 +8,7 @@ use gcp_auth::TokenProvider;
 use tokio::sync::OnceCell;
 
 use super::GenError;
-use super::http::Secret;
+use crate::secret::Secret;
 use crate::error::ProjectError;
 
 pub const GEMINI_API_KEY: &str = "GEMINI_API_KEY";

@@ -12,7 +12,8 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 use serde_json::{Value, json};
 
-use super::http::{CallError, Failure, Http, Secret, key_header, send_json};
+use super::http::{CallError, Failure, Http, key_header, send_json};
+use crate::secret::Secret;
 use super::{
     FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, auth,
 };

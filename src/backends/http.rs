@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::GenError;
+use crate::secret::Secret;
 
 /// Backoff of the official SDKs: 1 s, doubling, at most 60 s, with jitter.
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -22,35 +23,6 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// A server asking for more than this is not waited for: the error is reported instead.
 const MAX_SERVER_DELAY: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An API key or bearer token. Never printed: `Debug` shows `***` and there is no `Display`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place it belongs: a request header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// `text` with every occurrence of the secret masked (servers may echo what they were sent).
-    pub fn scrub(&self, text: &str) -> String {
-        if self.0.len() < 4 {
-            return text.to_string();
-        }
-        text.replace(&self.0, "***")
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// Google's error answer: `{"error": {"code", "message", "status", "details"}}`, or the same
 /// wrapped in a one-element list.
@@ -670,10 +642,9 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let s = Secret::new("AIzaSECRETKEY");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
         assert_eq!(
             s.scrub("API key AIzaSECRETKEY not valid"),
-            "API key *** not valid"
+            "API key <redacted> not valid"
         );
         let value = key_header(&s).unwrap();
         assert!(!format!("{value:?}").contains("SECRET"));

@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
-use super::http::{CallError, Failure, Http, Secret, download, key_header, send_json};
+use super::http::{CallError, Failure, Http, download, key_header, send_json};
+use crate::secret::Secret;
 use super::{
     GenContext, GenError, ImageInput, VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
