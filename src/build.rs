@@ -709,11 +709,28 @@ fn mime_of(path: &Path) -> &'static str {
 
 /// How one node ended in a build.
 #[derive(Debug)]
-struct Done {
-    status: Status,
-    plan: NodePlan,
-    action: Action,
-    error: Option<String>,
+enum Outcome {
+    /// Generated or cached: `action` is its result.
+    Done {
+        status: Status,
+        plan: Box<NodePlan>,
+        action: Box<Action>,
+    },
+    Failed {
+        plan: Option<Box<NodePlan>>,
+        error: String,
+    },
+}
+
+/// A new output, in the blob store.
+struct Produced {
+    blob: String,
+    size: u64,
+    /// Who made it (with fallbacks, not always the configured backend).
+    backend: String,
+    model: String,
+    cost_usd: f64,
+    media_type: &'static str,
 }
 
 /// The scheduler's shared state.
@@ -765,7 +782,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         .copied()
         .filter(|i| waiting[i] == 0)
         .collect();
-    let mut set: JoinSet<(usize, Result<Done>)> = JoinSet::new();
+    let mut set: JoinSet<(usize, Outcome)> = JoinSet::new();
     let progress = s.progress.clone();
     let mut interrupted = false;
     loop {
@@ -804,8 +821,12 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         let (i, outcome) = joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
         let node = &s.graph.nodes[i];
         let report = match outcome {
-            Ok(done) if done.status != Status::Failed => {
-                blobs.insert(i, done.action.blob.clone());
+            Outcome::Done {
+                status,
+                plan,
+                action,
+            } => {
+                blobs.insert(i, action.blob.clone());
                 for d in s.graph.dependents(i).filter(|d| needed.contains(d)) {
                     let w = waiting.get_mut(&d).expect("needed nodes are tracked");
                     *w -= 1;
@@ -813,27 +834,26 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
                         ready.push(d);
                     }
                 }
-                let reasons = if done.status == Status::Generated {
-                    s.reasons(i, &done.plan)
+                let reasons = if status == Status::Generated {
+                    s.reasons(i, &plan)
                 } else {
                     Vec::new()
                 };
                 NodeReport {
                     id: node.id.clone(),
                     kind: node.kind_name(),
-                    status: done.status,
-                    key: Some(done.plan.key.clone()),
-                    blob: Some(done.action.blob.clone()),
+                    status,
+                    key: Some(plan.key),
+                    blob: Some(action.blob),
                     output: Some(output_path(&node.output)),
                     reasons,
-                    take: Some(done.plan.take),
-                    backend: Some(done.action.backend.clone()),
-                    cost_usd: done.action.cost_usd,
+                    take: Some(plan.take),
+                    backend: Some(action.backend),
+                    cost_usd: action.cost_usd,
                     error: None,
                 }
             }
-            Ok(done) => failed_report(s, i, Some(&done.plan), done.error.unwrap_or_default()),
-            Err(e) => failed_report(s, i, None, format!("{e:#}")),
+            Outcome::Failed { plan, error } => failed_report(s, i, plan.as_deref(), error),
         };
         let line = match report.status {
             Status::Generated => format!(
@@ -951,10 +971,19 @@ fn skip_dependents(
 }
 
 impl Runner {
-    async fn run_node(self: Arc<Self>, i: usize, deps: HashMap<usize, String>) -> Result<Done> {
+    async fn run_node(self: Arc<Self>, i: usize, deps: HashMap<usize, String>) -> Outcome {
+        self.try_run_node(i, &deps)
+            .await
+            .unwrap_or_else(|e| Outcome::Failed {
+                plan: None,
+                error: format!("{e:#}"),
+            })
+    }
+
+    async fn try_run_node(&self, i: usize, deps: &HashMap<usize, String>) -> Result<Outcome> {
         let s = &self.session;
         let node = &s.graph.nodes[i];
-        let plan = s.plan_node(i, &deps)?;
+        let plan = s.plan_node(i, deps)?;
         let mat = Materializer::new(&s.project.root, &s.stats);
         if let Some(hit) = &plan.hit {
             let path = self.store.blobs.path_of(&hit.blob);
@@ -965,11 +994,10 @@ impl Runner {
                     &hit.blob[..12]
                 )),
                 _ => {
-                    return Ok(Done {
+                    return Ok(Outcome::Done {
                         status: Status::Cached,
-                        action: hit.clone(),
-                        plan,
-                        error: None,
+                        action: Box::new(hit.clone()),
+                        plan: Box::new(plan),
                     });
                 }
             }
@@ -980,16 +1008,14 @@ impl Runner {
         let started = Instant::now();
         let bar = s.progress.start(&node.id);
         let status = bar.status_fn();
-        let produced = self.produce(i, &plan, &deps, status).await;
+        let produced = self.produce(i, &plan, deps, status).await;
         drop(bar);
-        let (blob, size, backend, model, cost, media_type) = match produced {
+        let p = match produced {
             Ok(p) => p,
-            Err(e) => {
-                return Ok(Done {
-                    status: Status::Failed,
-                    action: empty_action(),
-                    plan,
-                    error: Some(e),
+            Err(error) => {
+                return Ok(Outcome::Failed {
+                    plan: Some(Box::new(plan)),
+                    error,
                 });
             }
         };
@@ -999,43 +1025,41 @@ impl Runner {
             node_kind: node.kind_name().into(),
             node_id: node.id.clone(),
             recipe_json: plan.recipe.canonical_json(),
-            blob: blob.clone(),
-            media_type: media_type.into(),
-            backend,
-            model,
+            blob: p.blob.clone(),
+            media_type: p.media_type.into(),
+            backend: p.backend,
+            model: p.model,
             created_at: now_secs(),
             gen_ms: started.elapsed().as_millis() as i64,
-            cost_usd: cost,
+            cost_usd: p.cost_usd,
             take: plan.take,
         };
         // The result is durable (blob in place, row committed) before anything else is done
         // with it: a crash after this line never loses a paid generation.
-        self.store.record_action(&action, size)?;
+        self.store.record_action(&action, p.size)?;
         self.store.clear(&plan.key)?;
-        let path = self.store.blobs.path_of(&blob);
-        if mat.place(&node.output, &path, &blob)? == Placed::CorruptBlob {
+        let path = self.store.blobs.path_of(&p.blob);
+        if mat.place(&node.output, &path, &p.blob)? == Placed::CorruptBlob {
             return Err(anyhow!(
                 "the blob just stored for {} does not match its hash (disk problem?)",
                 node.id
             ));
         }
-        Ok(Done {
+        Ok(Outcome::Done {
             status: Status::Generated,
-            action,
-            plan,
-            error: None,
+            action: Box::new(action),
+            plan: Box::new(plan),
         })
     }
 
-    /// Makes node `i`'s output and puts it in the blob store. Returns (blob, size, backend,
-    /// model, cost, media type), or the failure's message.
+    /// Makes node `i`'s output and puts it in the blob store, or says why it could not.
     async fn produce(
         &self,
         i: usize,
         plan: &NodePlan,
         deps: &HashMap<usize, String>,
         status: Arc<dyn Fn(String) + Send + Sync>,
-    ) -> Result<(String, u64, String, String, f64, &'static str), String> {
+    ) -> Result<Produced, String> {
         let s = &self.session;
         let node = &s.graph.nodes[i];
         let ctx = GenContext {
@@ -1065,7 +1089,7 @@ impl Runner {
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("{rel}: {e}"))?;
                 let (h, size) = blobs.put_bytes(&png).map_err(fail)?;
-                Ok((h, size, "file".into(), String::new(), 0.0, "image/png"))
+                Ok(Produced::new(h, size, "file", "", 0.0, "image/png"))
             }
             (Body::Frame(r), _) => {
                 let frames = s.frames.clone().ok_or("no frame backend is configured")?;
@@ -1087,11 +1111,11 @@ impl Runner {
                 let out = frames.generate(&req, &ctx).await.map_err(describe)?;
                 let (h, size) = blobs.put_bytes(&out.png).map_err(fail)?;
                 let cost = s.prices.image(frames.name(), &r.model);
-                Ok((
+                Ok(Produced::new(
                     h,
                     size,
-                    frames.name().into(),
-                    r.model.clone(),
+                    frames.name(),
+                    &r.model,
                     cost,
                     "image/png",
                 ))
@@ -1131,7 +1155,14 @@ impl Runner {
                                     errors.join("; ")
                                 ));
                             }
-                            return Ok((h, size, g.label(), vb.model.clone(), cost, "video/mp4"));
+                            return Ok(Produced::new(
+                                h,
+                                size,
+                                &g.label(),
+                                &vb.model,
+                                cost,
+                                "video/mp4",
+                            ));
                         }
                         Err(e) => {
                             errors.push(format!("{}: {}", g.label(), describe(e.clone())));
@@ -1154,7 +1185,7 @@ impl Runner {
                     .await
                     .map_err(fail)?;
                 let (h, size) = blobs.put_file(tmp).map_err(fail)?;
-                Ok((h, size, "ffmpeg".into(), String::new(), 0.0, "video/mp4"))
+                Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "video/mp4"))
             }
             _ => Err(format!("{}: recipe does not fit the node", node.id)),
         }
@@ -1263,21 +1294,23 @@ impl Runner {
     }
 }
 
-fn empty_action() -> Action {
-    Action {
-        key: String::new(),
-        base_key: String::new(),
-        node_kind: String::new(),
-        node_id: String::new(),
-        recipe_json: String::new(),
-        blob: String::new(),
-        media_type: String::new(),
-        backend: String::new(),
-        model: String::new(),
-        created_at: 0,
-        gen_ms: 0,
-        cost_usd: 0.0,
-        take: 0,
+impl Produced {
+    fn new(
+        blob: String,
+        size: u64,
+        backend: &str,
+        model: &str,
+        cost_usd: f64,
+        media_type: &'static str,
+    ) -> Produced {
+        Produced {
+            blob,
+            size,
+            backend: backend.into(),
+            model: model.into(),
+            cost_usd,
+            media_type,
+        }
     }
 }
 

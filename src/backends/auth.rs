@@ -8,8 +8,8 @@ use gcp_auth::TokenProvider;
 use tokio::sync::OnceCell;
 
 use super::GenError;
-use crate::secret::Secret;
 use crate::error::ProjectError;
+use crate::secret::Secret;
 
 pub const GEMINI_API_KEY: &str = "GEMINI_API_KEY";
 pub const GOOGLE_API_KEY: &str = "GOOGLE_API_KEY";

@@ -13,12 +13,12 @@ use image::{DynamicImage, ImageFormat};
 use serde_json::{Value, json};
 
 use super::http::{CallError, Failure, Http, key_header, send_json};
-use crate::secret::Secret;
 use super::{
     FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, auth,
 };
 use crate::error::ProjectError;
 use crate::project::Project;
+use crate::secret::Secret;
 
 /// `TTV_GEMINI_BASE_URL`: where the Gemini API is (tests point it at a local server).
 pub const BASE_URL_ENV: &str = "TTV_GEMINI_BASE_URL";

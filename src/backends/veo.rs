@@ -15,12 +15,12 @@ use serde_json::{Map, Value, json};
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
 use super::http::{CallError, Failure, Http, download, key_header, send_json};
-use crate::secret::Secret;
 use super::{
     GenContext, GenError, ImageInput, VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
 use crate::error::ProjectError;
 use crate::project::{Project, VeoApi};
+use crate::secret::Secret;
 
 /// `TTV_VERTEX_BASE_URL`: where Vertex AI is (default from the location).
 pub const VERTEX_BASE_URL_ENV: &str = "TTV_VERTEX_BASE_URL";
