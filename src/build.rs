@@ -129,6 +129,8 @@ pub struct Session {
     last_keys: HashMap<String, String>,
     /// Nodes asked to be made again as a new take.
     rerolls: HashSet<usize>,
+    /// Plans of the nodes [`Session::plan`] found cached, for the build to reuse.
+    cached_plans: Mutex<HashMap<usize, NodePlan>>,
     progress: Progress,
 }
 
@@ -244,6 +246,7 @@ impl Session {
             stats: Mutex::new(stats),
             last_keys,
             rerolls: reroll_set,
+            cached_plans: Mutex::default(),
             progress,
         };
         errors.extend(session.capability_problems());
@@ -433,47 +436,45 @@ impl Session {
         let base = Recipe::new(body, 0);
         let store = self.store.as_deref();
         let latest = match store {
-            Some(s) if base.is_generation() => s.latest_take(&base.base_key())?.map(|a| a.take),
+            Some(s) if base.is_generation() => s.latest_take(&base.base_key())?,
             _ => None,
         };
+        let latest_take = latest.as_ref().map(|a| a.take);
         let take = if self.rerolls.contains(&i) && base.is_generation() {
-            latest.map_or(1, |t| t + 1)
+            latest_take.map_or(1, |t| t + 1)
         } else {
-            self.pinned_take(i).or(latest).unwrap_or(1)
+            self.pinned_take(i).or(latest_take).unwrap_or(1)
         };
         let recipe = Recipe { take, ..base };
         let key = recipe.key();
-        let hit = match store {
+        let found = match store {
             // A forced derived node (final, start image) is made again; a rerolled generation
             // already has a new take, so a new key.
             Some(s) if !self.rerolls.contains(&i) || recipe.is_generation() => {
-                match s.action(&key)? {
-                    Some(a) if self.blob_present(s, &a.blob)? => Some(a),
-                    Some(a) => {
-                        self.progress.warn(&format!(
-                            "{}: cached output {} is missing or damaged in .ttv/objects; it will be made again",
-                            self.graph.nodes[i].id,
-                            &a.blob[..12]
-                        ));
-                        None
-                    }
-                    None => None,
+                match latest.filter(|a| a.key == key) {
+                    Some(a) => Some(a),
+                    None => s.action(&key)?,
                 }
             }
             _ => None,
+        };
+        let hit = match (found, store) {
+            (Some(a), Some(s)) if a.size > 0 && s.blobs.get(&a.blob, a.size).is_some() => Some(a),
+            (Some(a), _) => {
+                self.progress.warn(&format!(
+                    "{}: cached output {} is missing or damaged in .ttv/objects; it will be made again",
+                    self.graph.nodes[i].id,
+                    &a.blob[..12]
+                ));
+                None
+            }
+            (None, _) => None,
         };
         Ok(NodePlan {
             recipe,
             key,
             take,
             hit,
-        })
-    }
-
-    fn blob_present(&self, store: &Store, hash: &str) -> Result<bool> {
-        Ok(match store.blob_size(hash)? {
-            Some(size) => store.blobs.get(hash, size).is_some(),
-            None => false,
         })
     }
 
@@ -531,6 +532,13 @@ impl Session {
     /// The plan of every needed node: cached ones with their keys, dirty ones with reasons
     /// (a node downstream of a dirty one is dirty, and its key is not known yet).
     pub fn plan(&self) -> Result<Report> {
+        // One read transaction for the whole walk (a snapshot, and no lock per statement).
+        let _snapshot = self
+            .store
+            .as_deref()
+            .map(Store::read_snapshot)
+            .transpose()?;
+        let mut cached_plans = HashMap::new();
         let mut blobs = HashMap::new();
         let mut dirty: HashSet<usize> = HashSet::new();
         let mut nodes = Vec::new();
@@ -566,6 +574,7 @@ impl Session {
                     report.blob = Some(hit.blob.clone());
                     report.backend = Some(hit.backend.clone());
                     report.cost_usd = hit.cost_usd;
+                    cached_plans.insert(i, plan);
                 } else {
                     dirty.insert(i);
                 }
@@ -580,6 +589,7 @@ impl Session {
         }
         let mut report = Report::from_nodes(nodes);
         report.estimated_seconds = Some(self.estimate_seconds(&dirty));
+        *self.cached_plans.lock().unwrap_or_else(|e| e.into_inner()) = cached_plans;
         Ok(report)
     }
 
@@ -768,19 +778,27 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
     });
     let started_at = now_secs();
     let s = &runner.session;
-    let needed: HashSet<usize> = s.needed.iter().copied().collect();
-    let mut waiting: HashMap<usize, usize> = s
-        .needed
-        .iter()
-        .map(|&i| (i, s.graph.nodes[i].deps.len()))
-        .collect();
-    let mut blobs: HashMap<usize, String> = HashMap::new();
-    let mut results: BTreeMap<usize, NodeReport> = BTreeMap::new();
+    let mut t = Tracker::new(s);
+    // Nodes the plan found cached (with all their inputs cached) are placed in build/ right
+    // here, without a task each: a no-op build spawns nothing.
+    let mut planned =
+        std::mem::take(&mut *s.cached_plans.lock().unwrap_or_else(|e| e.into_inner()));
+    for &i in &s.needed {
+        let inputs_done = s.graph.nodes[i]
+            .deps
+            .iter()
+            .all(|d| t.blobs.contains_key(d));
+        if let Some(plan) = planned.remove(&i).filter(|_| inputs_done)
+            && let Some(outcome) = runner.reuse(i, plan)?
+        {
+            t.finish(s, i, outcome);
+        }
+    }
     let mut ready: Vec<usize> = s
         .needed
         .iter()
         .copied()
-        .filter(|i| waiting[i] == 0)
+        .filter(|i| t.waiting.get(i) == Some(&0))
         .collect();
     let mut set: JoinSet<(usize, Outcome)> = JoinSet::new();
     let progress = s.progress.clone();
@@ -788,10 +806,11 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
     loop {
         if !interrupted {
             for i in ready.drain(..) {
+                t.waiting.remove(&i);
                 let deps: HashMap<usize, String> = s.graph.nodes[i]
                     .deps
                     .iter()
-                    .map(|d| (*d, blobs[d].clone()))
+                    .map(|d| (*d, t.blobs[d].clone()))
                     .collect();
                 let r = runner.clone();
                 set.spawn(async move { (i, r.run_node(i, deps).await) });
@@ -819,19 +838,77 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         };
         let Some(joined) = joined else { break };
         let (i, outcome) = joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
+        ready.extend(t.finish(s, i, outcome));
+    }
+    // Nodes never started (interrupted, or downstream of a failure) are reported as skipped.
+    for &i in &s.needed {
+        t.results.entry(i).or_insert_with(|| NodeReport {
+            id: s.graph.nodes[i].id.clone(),
+            kind: s.graph.nodes[i].kind_name(),
+            status: Status::Skipped,
+            key: None,
+            blob: None,
+            output: None,
+            reasons: vec!["interrupted before it started".into()],
+            take: None,
+            backend: None,
+            cost_usd: 0.0,
+            error: None,
+        });
+    }
+    progress.finish();
+    let report = Report::from_nodes(t.results.into_values().collect());
+    runner.finish(&report, started_at)?;
+    if interrupted {
+        return Err(anyhow!(
+            "interrupted: {} node(s) finished and are cached, {} not started; run `ttv build` again to continue",
+            report.generated + report.cached,
+            report.skipped
+        ));
+    }
+    Ok(report)
+}
+
+/// The scheduler's bookkeeping: inputs still missing per node, outputs so far, the report.
+struct Tracker {
+    /// Needed nodes not started yet -> number of inputs not finished yet.
+    waiting: HashMap<usize, usize>,
+    blobs: HashMap<usize, String>,
+    results: BTreeMap<usize, NodeReport>,
+}
+
+impl Tracker {
+    fn new(s: &Session) -> Tracker {
+        Tracker {
+            waiting: s
+                .needed
+                .iter()
+                .map(|&i| (i, s.graph.nodes[i].deps.len()))
+                .collect(),
+            blobs: HashMap::new(),
+            results: BTreeMap::new(),
+        }
+    }
+
+    /// Records how node `i` ended; returns the nodes that became ready.
+    fn finish(&mut self, s: &Session, i: usize, outcome: Outcome) -> Vec<usize> {
         let node = &s.graph.nodes[i];
+        let progress = &s.progress;
+        self.waiting.remove(&i);
+        let mut ready = Vec::new();
         let report = match outcome {
             Outcome::Done {
                 status,
                 plan,
                 action,
             } => {
-                blobs.insert(i, action.blob.clone());
-                for d in s.graph.dependents(i).filter(|d| needed.contains(d)) {
-                    let w = waiting.get_mut(&d).expect("needed nodes are tracked");
-                    *w -= 1;
-                    if *w == 0 {
-                        ready.push(d);
+                self.blobs.insert(i, action.blob.clone());
+                for &d in &s.graph.dependents[i] {
+                    if let Some(w) = self.waiting.get_mut(&d) {
+                        *w -= 1;
+                        if *w == 0 {
+                            ready.push(d);
+                        }
                     }
                 }
                 let reasons = if status == Status::Generated {
@@ -855,61 +932,64 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
             }
             Outcome::Failed { plan, error } => failed_report(s, i, plan.as_deref(), error),
         };
-        let line = match report.status {
-            Status::Generated => format!(
-                "generated {} ({}{})",
-                report.id,
-                report.backend.as_deref().unwrap_or("?"),
-                money_suffix(report.cost_usd)
+        match report.status {
+            Status::Generated => progress.finished(
+                &format!(
+                    "generated {} ({}{})",
+                    report.id,
+                    report.backend.as_deref().unwrap_or("?"),
+                    money_suffix(report.cost_usd)
+                ),
+                true,
             ),
-            Status::Cached => {
-                if progress.verbosity() == crate::progress::Verbosity::Verbose {
-                    progress.finished(&format!("cached    {}", report.id), true);
-                } else {
-                    progress.finished("", true);
-                }
-                results.insert(i, report);
-                continue;
+            Status::Cached if progress.verbosity() == crate::progress::Verbosity::Verbose => {
+                progress.finished(&format!("cached    {}", report.id), true)
             }
-            _ => format!(
-                "FAILED    {}: {}",
-                report.id,
-                report.error.as_deref().unwrap_or("")
-            ),
-        };
-        progress.finished(&line, true);
-        if report.status == Status::Failed {
-            skip_dependents(s, i, &needed, &mut results);
+            Status::Cached => progress.finished("", true),
+            _ => {
+                progress.finished(
+                    &format!(
+                        "FAILED    {}: {}",
+                        report.id,
+                        report.error.as_deref().unwrap_or("")
+                    ),
+                    true,
+                );
+                self.skip_dependents(s, i);
+            }
         }
-        results.insert(i, report);
+        self.results.insert(i, report);
+        ready
     }
-    // Nodes never started (interrupted, or downstream of a failure) are reported as skipped.
-    for &i in &s.needed {
-        results.entry(i).or_insert_with(|| NodeReport {
-            id: s.graph.nodes[i].id.clone(),
-            kind: s.graph.nodes[i].kind_name(),
-            status: Status::Skipped,
-            key: None,
-            blob: None,
-            output: None,
-            reasons: vec!["interrupted before it started".into()],
-            take: None,
-            backend: None,
-            cost_usd: 0.0,
-            error: None,
-        });
+
+    /// Marks everything downstream of a failed node as skipped (it will never be ready).
+    fn skip_dependents(&mut self, s: &Session, failed: usize) {
+        let mut stack = vec![failed];
+        while let Some(i) = stack.pop() {
+            for &d in &s.graph.dependents[i] {
+                if self.waiting.remove(&d).is_none() {
+                    continue;
+                }
+                self.results.insert(
+                    d,
+                    NodeReport {
+                        id: s.graph.nodes[d].id.clone(),
+                        kind: s.graph.nodes[d].kind_name(),
+                        status: Status::Skipped,
+                        key: None,
+                        blob: None,
+                        output: None,
+                        reasons: vec![format!("{} failed", s.graph.nodes[failed].id)],
+                        take: None,
+                        backend: None,
+                        cost_usd: 0.0,
+                        error: None,
+                    },
+                );
+                stack.push(d);
+            }
+        }
     }
-    progress.finish();
-    let report = Report::from_nodes(results.into_values().collect());
-    runner.finish(&report, started_at)?;
-    if interrupted {
-        return Err(anyhow!(
-            "interrupted: {} node(s) finished and are cached, {} not started; run `ttv build` again to continue",
-            report.generated + report.cached,
-            report.skipped
-        ));
-    }
-    Ok(report)
 }
 
 fn money_suffix(cost: f64) -> String {
@@ -937,39 +1017,6 @@ fn failed_report(s: &Session, i: usize, plan: Option<&NodePlan>, error: String) 
     }
 }
 
-fn skip_dependents(
-    s: &Session,
-    failed: usize,
-    needed: &HashSet<usize>,
-    results: &mut BTreeMap<usize, NodeReport>,
-) {
-    let mut stack = vec![failed];
-    while let Some(i) = stack.pop() {
-        for d in s.graph.dependents(i).filter(|d| needed.contains(d)) {
-            if results.contains_key(&d) {
-                continue;
-            }
-            results.insert(
-                d,
-                NodeReport {
-                    id: s.graph.nodes[d].id.clone(),
-                    kind: s.graph.nodes[d].kind_name(),
-                    status: Status::Skipped,
-                    key: None,
-                    blob: None,
-                    output: None,
-                    reasons: vec![format!("{} failed", s.graph.nodes[failed].id)],
-                    take: None,
-                    backend: None,
-                    cost_usd: 0.0,
-                    error: None,
-                },
-            );
-            stack.push(d);
-        }
-    }
-}
-
 impl Runner {
     async fn run_node(self: Arc<Self>, i: usize, deps: HashMap<usize, String>) -> Outcome {
         self.try_run_node(i, &deps)
@@ -980,28 +1027,41 @@ impl Runner {
             })
     }
 
+    /// Places a cache hit in build/. `None` when its blob turns out damaged (a miss, then).
+    fn reuse(&self, i: usize, plan: NodePlan) -> Result<Option<Outcome>> {
+        let s = &self.session;
+        let node = &s.graph.nodes[i];
+        let Some(hit) = plan.hit.clone() else {
+            return Ok(None);
+        };
+        let mat = Materializer::new(&s.project.root, &s.stats);
+        let path = self.store.blobs.path_of(&hit.blob);
+        if mat.place(&node.output, &path, &hit.blob)? == Placed::CorruptBlob {
+            s.progress.warn(&format!(
+                "{}: cached blob {} is damaged; making it again",
+                node.id,
+                &hit.blob[..12]
+            ));
+            return Ok(None);
+        }
+        Ok(Some(Outcome::Done {
+            status: Status::Cached,
+            action: Box::new(hit),
+            plan: Box::new(plan),
+        }))
+    }
+
     async fn try_run_node(&self, i: usize, deps: &HashMap<usize, String>) -> Result<Outcome> {
         let s = &self.session;
         let node = &s.graph.nodes[i];
-        let plan = s.plan_node(i, deps)?;
-        let mat = Materializer::new(&s.project.root, &s.stats);
-        if let Some(hit) = &plan.hit {
-            let path = self.store.blobs.path_of(&hit.blob);
-            match mat.place(&node.output, &path, &hit.blob)? {
-                Placed::CorruptBlob => s.progress.warn(&format!(
-                    "{}: cached blob {} is corrupt; making it again",
-                    node.id,
-                    &hit.blob[..12]
-                )),
-                _ => {
-                    return Ok(Outcome::Done {
-                        status: Status::Cached,
-                        action: Box::new(hit.clone()),
-                        plan: Box::new(plan),
-                    });
-                }
+        let mut plan = s.plan_node(i, deps)?;
+        if plan.hit.is_some() {
+            match self.reuse(i, plan.clone())? {
+                Some(outcome) => return Ok(outcome),
+                None => plan.hit = None,
             }
         }
+        let mat = Materializer::new(&s.project.root, &s.stats);
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(anyhow!("interrupted before it started"));
         }
@@ -1033,10 +1093,11 @@ impl Runner {
             gen_ms: started.elapsed().as_millis() as i64,
             cost_usd: p.cost_usd,
             take: plan.take,
+            size: p.size,
         };
         // The result is durable (blob in place, row committed) before anything else is done
         // with it: a crash after this line never loses a paid generation.
-        self.store.record_action(&action, p.size)?;
+        self.store.record_action(&action)?;
         self.store.clear(&plan.key)?;
         let path = self.store.blobs.path_of(&p.blob);
         if mat.place(&node.output, &path, &p.blob)? == Placed::CorruptBlob {

@@ -195,14 +195,18 @@ fn run_build(
     progress: Progress,
 ) -> Result<i32> {
     let started = Instant::now();
-    // Check the project before waiting for the lock: a broken ttv.yaml fails at once.
-    load()?;
+    // The project is checked before waiting for the lock: a broken ttv.yaml fails at once.
+    let mut project = load()?;
     let cache_dir = root.join(".ttv");
+    let mut waited = false;
     let _lock = BuildLock::acquire(&cache_dir, !opts.no_wait, || {
+        waited = true;
         progress.info("another ttv build is running in this project; waiting for it to finish (Ctrl-C to stop, --no-wait to fail instead)")
     })?;
-    // Load again under the lock: the other build may have changed what is cached.
-    let project = load()?;
+    if waited {
+        // ttv.yaml may have been edited while this build waited.
+        project = load()?;
+    }
     let mut rerolls = opts.reroll.clone();
     rerolls.extend(opts.force.iter().cloned());
     let session = Session::open(project, &opts.targets, &rerolls, true, progress.clone())?;

@@ -82,6 +82,8 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Graph {
     pub nodes: Vec<Node>,
+    /// For each node, the nodes that consume its output.
+    pub dependents: Vec<Vec<usize>>,
 }
 
 impl Graph {
@@ -174,7 +176,13 @@ impl Graph {
                 output: PathBuf::from(&f.output),
             });
         }
-        Graph { nodes }
+        let mut dependents = vec![Vec::new(); nodes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            for &d in &n.deps {
+                dependents[d].push(i);
+            }
+        }
+        Graph { nodes, dependents }
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
@@ -255,10 +263,5 @@ impl Graph {
             )));
         }
         Ok(found)
-    }
-
-    /// Indices of the nodes that consume `i`'s output.
-    pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        (0..self.nodes.len()).filter(move |&j| self.nodes[j].deps.contains(&i))
     }
 }

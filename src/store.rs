@@ -69,7 +69,15 @@ pub struct Action {
     pub gen_ms: i64,
     pub cost_usd: f64,
     pub take: u32,
+    /// Size of the blob in bytes (0 when the blob's row is gone).
+    pub size: u64,
 }
+
+/// The columns [`action_from_row`] reads, in its order: an action and its blob's size.
+const ACTION_SELECT: &str =
+    "SELECT a.key, a.base_key, a.node_kind, a.node_id, a.recipe_json, a.blob,
+    a.media_type, a.backend, a.model, a.created_at, a.gen_ms, a.cost_usd, a.take,
+    COALESCE(b.size, 0) FROM actions a LEFT JOIN blobs b ON b.hash = a.blob";
 
 /// A stat-cache row: the hash of a file as it was when last read.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,21 +241,29 @@ impl Store {
         }
     }
 
+    /// Opens a read transaction that lasts until the guard is dropped: the lookups in between
+    /// see one snapshot and take no lock each. Only for single-threaded walks (the plan).
+    pub fn read_snapshot(&self) -> Result<ReadSnapshot<'_>> {
+        self.conn().execute_batch("BEGIN DEFERRED")?;
+        Ok(ReadSnapshot { store: self })
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn action(&self, key: &str) -> Result<Option<Action>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached("SELECT * FROM actions WHERE key = ?1")?;
+        let mut st = conn.prepare_cached(&format!("{ACTION_SELECT} WHERE a.key = ?1"))?;
         Ok(st.query_row([key], action_from_row).optional()?)
     }
 
     /// Every take recorded for a base key, oldest first.
     pub fn takes(&self, base_key: &str) -> Result<Vec<Action>> {
         let conn = self.conn();
-        let mut st =
-            conn.prepare_cached("SELECT * FROM actions WHERE base_key = ?1 ORDER BY take")?;
+        let mut st = conn.prepare_cached(&format!(
+            "{ACTION_SELECT} WHERE a.base_key = ?1 ORDER BY a.take"
+        ))?;
         let rows = st.query_map([base_key], action_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -255,8 +271,9 @@ impl Store {
     /// Every action ever recorded for a node id, oldest first (all recipes, all takes).
     pub fn actions_of_node(&self, node_id: &str) -> Result<Vec<Action>> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare_cached("SELECT * FROM actions WHERE node_id = ?1 ORDER BY created_at, take")?;
+        let mut st = conn.prepare_cached(&format!(
+            "{ACTION_SELECT} WHERE a.node_id = ?1 ORDER BY a.created_at, a.take"
+        ))?;
         let rows = st.query_map([node_id], action_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -264,20 +281,20 @@ impl Store {
     /// The highest take recorded for a base key.
     pub fn latest_take(&self, base_key: &str) -> Result<Option<Action>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(
-            "SELECT * FROM actions WHERE base_key = ?1 ORDER BY take DESC LIMIT 1",
-        )?;
+        let mut st = conn.prepare_cached(&format!(
+            "{ACTION_SELECT} WHERE a.base_key = ?1 ORDER BY a.take DESC LIMIT 1"
+        ))?;
         Ok(st.query_row([base_key], action_from_row).optional()?)
     }
 
     /// Records a result whose blob is already in place (so a crash between the two leaves at
     /// worst an unreferenced blob, never a row without its bytes).
-    pub fn record_action(&self, a: &Action, blob_size: u64) -> Result<()> {
+    pub fn record_action(&self, a: &Action) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO blobs(hash, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![a.blob, blob_size as i64, a.media_type, a.created_at],
+            params![a.blob, a.size as i64, a.media_type, a.created_at],
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO actions(key, base_key, node_kind, node_id, recipe_json, blob,
@@ -301,15 +318,6 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(())
-    }
-
-    pub fn blob_size(&self, hash: &str) -> Result<Option<u64>> {
-        let conn = self.conn();
-        let mut st = conn.prepare_cached("SELECT size FROM blobs WHERE hash = ?1")?;
-        Ok(st
-            .query_row([hash], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map(|s| s as u64))
     }
 
     /// The key each node had at its last build: what `explain` compares against.
@@ -416,7 +424,7 @@ impl Store {
     /// Every action, for gc and verify.
     pub fn all_actions(&self) -> Result<Vec<Action>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached("SELECT * FROM actions")?;
+        let mut st = conn.prepare_cached(ACTION_SELECT)?;
         let rows = st.query_map([], action_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -449,21 +457,32 @@ impl Store {
     }
 }
 
+pub struct ReadSnapshot<'a> {
+    store: &'a Store,
+}
+
+impl Drop for ReadSnapshot<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.conn().execute_batch("COMMIT");
+    }
+}
+
 fn action_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Action> {
     Ok(Action {
-        key: r.get("key")?,
-        base_key: r.get("base_key")?,
-        node_kind: r.get("node_kind")?,
-        node_id: r.get("node_id")?,
-        recipe_json: r.get("recipe_json")?,
-        blob: r.get("blob")?,
-        media_type: r.get("media_type")?,
-        backend: r.get("backend")?,
-        model: r.get("model")?,
-        created_at: r.get("created_at")?,
-        gen_ms: r.get("gen_ms")?,
-        cost_usd: r.get("cost_usd")?,
-        take: r.get("take")?,
+        key: r.get(0)?,
+        base_key: r.get(1)?,
+        node_kind: r.get(2)?,
+        node_id: r.get(3)?,
+        recipe_json: r.get(4)?,
+        blob: r.get(5)?,
+        media_type: r.get(6)?,
+        backend: r.get(7)?,
+        model: r.get(8)?,
+        created_at: r.get(9)?,
+        gen_ms: r.get(10)?,
+        cost_usd: r.get(11)?,
+        take: r.get(12)?,
+        size: r.get::<_, i64>(13)? as u64,
     })
 }
 
