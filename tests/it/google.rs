@@ -679,7 +679,7 @@ fn an_operation_unknown_on_resume_is_submitted_again_with_a_warning() {
 #[test]
 fn a_build_killed_while_polling_resumes_the_same_operation() {
     let g = Google::new();
-    g.fake.polls_before_done(6);
+    g.fake.polls_before_done(8);
     let env: Vec<(&str, &str)> = g.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut running = g.p.spawn(&["--json", "build", "segment/arrival"], &env);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -890,11 +890,15 @@ fn a_permanent_failure_on_vertex_falls_back_to_the_gemini_api() {
         Match::prompt(ARRIVAL_MOTION).on(Route::VeoSubmit),
         1,
     );
+    // The Gemini API may answer with the video inline instead of a file to download.
+    g.fake
+        .script(Fault::InlineVideo, Match::prompt(ARRIVAL_MOTION), 1);
 
     let out = g.build(&[]);
     out.success();
     let report = out.json();
     assert_eq!(generated_ids(&report), all_nodes(), "{report:#}");
+    assert_eq!(g.fake.count(Route::Download), 0, "the video came inline");
     let arrival = node(&report, "segment/arrival");
     assert_eq!(
         str_field(&arrival, "backend"),
