@@ -515,6 +515,14 @@ impl FakeGoogle {
         self.shared.lock().polls_before_done = polls;
     }
 
+    /// Makes every operation scripted with [`Fault::NeverFinishes`] done at its next poll, as a
+    /// job that was slow rather than stuck: for a later build that resumes it.
+    pub fn finish_stuck_operations(&self) {
+        for op in self.shared.lock().operations.values_mut() {
+            op.polls_left.get_or_insert(0);
+        }
+    }
+
     /// Writes `service-account.json` (a test-only key) into `dir`, with `token_uri` pointing at
     /// this fake, for GOOGLE_APPLICATION_CREDENTIALS.
     pub fn write_service_account(&self, dir: &Path) -> PathBuf {

@@ -295,6 +295,11 @@ impl Running {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
     }
+
+    /// SIGKILL on Unix: the process gets no chance to clean up, as after a crash or power loss.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill ttv");
+    }
 }
 
 /// What one run of `ttv` did.
