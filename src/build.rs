@@ -1226,7 +1226,14 @@ impl Runner {
                             ));
                         }
                         Err(e) => {
-                            errors.push(format!("{}: {}", g.label(), describe(e.clone())));
+                            // Backend messages usually name the backend already.
+                            let msg = describe(e.clone());
+                            let label = g.label();
+                            errors.push(if msg.starts_with(&label) {
+                                msg
+                            } else {
+                                format!("{label}: {msg}")
+                            });
                             if !e.is_permanent() {
                                 break;
                             }
