@@ -67,6 +67,9 @@ pub struct Report {
     /// Plan only: the estimated wall time of the dirty work, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_seconds: Option<f64>,
+    /// Build only, when Ctrl-C stopped it: what was not started is `skipped`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -90,6 +93,7 @@ impl Report {
             saved_usd: sum(&[Status::Cached]),
             nodes,
             estimated_seconds: None,
+            interrupted: false,
         }
     }
 }
@@ -730,6 +734,8 @@ enum Outcome {
         plan: Option<Box<NodePlan>>,
         error: String,
     },
+    /// Ctrl-C came first.
+    NotStarted,
 }
 
 /// A new output, in the blob store.
@@ -857,15 +863,9 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         });
     }
     progress.finish();
-    let report = Report::from_nodes(t.results.into_values().collect());
+    let mut report = Report::from_nodes(t.results.into_values().collect());
+    report.interrupted = interrupted;
     runner.finish(&report, started_at)?;
-    if interrupted {
-        return Err(anyhow!(
-            "interrupted: {} node(s) finished and are cached, {} not started; run `ttv build` again to continue",
-            report.generated + report.cached,
-            report.skipped
-        ));
-    }
     Ok(report)
 }
 
@@ -931,6 +931,8 @@ impl Tracker {
                 }
             }
             Outcome::Failed { plan, error } => failed_report(s, i, plan.as_deref(), error),
+            // Reported as skipped with everything else that did not start.
+            Outcome::NotStarted => return ready,
         };
         match report.status {
             Status::Generated => progress.finished(
@@ -1062,8 +1064,19 @@ impl Runner {
             }
         }
         let mat = Materializer::new(&s.project.root, &s.stats);
+        // Generations wait for a slot of their backend and of the global limit; after Ctrl-C a
+        // node that was still waiting for one does not start.
+        let backend_jobs = match plan.recipe.body {
+            Body::Frame(_) => Some(&self.frame_jobs),
+            Body::Segment(_) => Some(&self.video_jobs),
+            _ => None,
+        };
+        let _permits = match backend_jobs {
+            Some(jobs) => Some((self.global.acquire().await?, jobs.acquire().await?)),
+            None => None,
+        };
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(anyhow!("interrupted before it started"));
+            return Ok(Outcome::NotStarted);
         }
         let started = Instant::now();
         let bar = s.progress.start(&node.id);
@@ -1167,8 +1180,6 @@ impl Runner {
                     references,
                     key: plan.key.clone(),
                 };
-                let _g = self.global.acquire().await.map_err(|e| e.to_string())?;
-                let _b = self.frame_jobs.acquire().await.map_err(|e| e.to_string())?;
                 let out = frames.generate(&req, &ctx).await.map_err(describe)?;
                 let (h, size) = blobs.put_bytes(&out.png).map_err(fail)?;
                 let cost = s.prices.image(frames.name(), &r.model);
@@ -1190,8 +1201,6 @@ impl Runner {
                     Some(h) => Some(self.blob_input("last", h).await?),
                     None => None,
                 };
-                let _g = self.global.acquire().await.map_err(|e| e.to_string())?;
-                let _b = self.video_jobs.acquire().await.map_err(|e| e.to_string())?;
                 let mut errors = Vec::new();
                 for (n, vb) in s.videos.iter().enumerate() {
                     let params = s.video_params(*shot, &vb.model);

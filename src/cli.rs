@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::build::{self, BuildOptions, Report, Session, Status};
-use crate::error::{EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for};
+use crate::error::{
+    EXIT_INTERRUPTED, EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for,
+};
 use crate::graph::NodeKind;
 use crate::housekeeping;
 use crate::progress::{Progress, Verbosity};
@@ -257,7 +259,9 @@ fn run_build(
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
     }
-    Ok(if report.failed > 0 {
+    Ok(if report.interrupted {
+        EXIT_INTERRUPTED
+    } else if report.failed > 0 {
         EXIT_NODE_FAILED
     } else {
         EXIT_OK
@@ -295,6 +299,12 @@ fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
         progress.println(
             "ttv: nodes that did not depend on the failure were finished and cached; fix the cause and run `ttv build` again",
         );
+    }
+    if report.interrupted {
+        progress.println(&format!(
+            "ttv: interrupted: what finished is cached; {} node(s) not started; run `ttv build` again to continue",
+            report.skipped
+        ));
     }
 }
 

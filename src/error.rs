@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_NODE_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+/// Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A problem with the project (ttv.yaml, references, environment) found before any work starts.
 /// Always exit code 2, and always says where and what to do.

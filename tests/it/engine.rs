@@ -482,6 +482,47 @@ fn concurrent_builds_take_turns_and_the_second_generates_nothing() {
 }
 
 #[test]
+fn ctrl_c_lets_running_generations_finish_and_the_next_build_does_the_rest() {
+    let p = basic();
+    let mut running = p.spawn(&["--json", "build"], &[("TTV_PREVIEW_LATENCY_MS", "1500")]);
+    // Once the first result is stored, the next generations are in flight (jobs: 2).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.blob_count() == 0 {
+        assert!(
+            running.is_running(),
+            "the build ended before storing anything"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no blob stored:\n{}",
+            p.listing()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    running.interrupt();
+    let first = p.wait(running);
+    first.code(130);
+    first.stderr_contains("interrupted");
+    let report = first.json();
+    assert_eq!(
+        report["interrupted"],
+        Value::Bool(true),
+        "{}",
+        summary(&report)
+    );
+    assert_eq!(count(&report, "failed"), 0, "{}", summary(&report));
+    assert!(count(&report, "skipped") > 0, "{}", summary(&report));
+    let finished = generated_ids(&report);
+    // The generations in flight when Ctrl-C came were finished, not thrown away.
+    assert!(finished.len() >= 2, "{}", summary(&report));
+
+    let second = p.build_json(&[]);
+    let remaining: BTreeSet<String> = all_needed().difference(&finished).cloned().collect();
+    assert_generated(&second, &remaining);
+}
+
+#[test]
 fn no_wait_fails_at_once_while_another_build_runs() {
     let p = basic();
     let mut first = p.spawn(&["build"], &[("TTV_PREVIEW_LATENCY_MS", "500")]);

@@ -300,6 +300,15 @@ impl Running {
     pub fn kill(&mut self) {
         self.child.kill().expect("kill ttv");
     }
+
+    /// SIGINT, as Ctrl-C in a terminal sends it.
+    pub fn interrupt(&mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -INT");
+        assert!(status.success(), "kill -INT {} failed", self.child.id());
+    }
 }
 
 /// What one run of `ttv` did.
