@@ -400,6 +400,11 @@ impl Session {
             }
             NodeKind::Segment { shot, first, last } => {
                 let p = self.video_params(*shot, &cfg.video.model);
+                let frames = match (cfg.video.mode, cfg.video.keyframe_position) {
+                    (crate::project::VideoMode::FirstLast, _) => "start+end",
+                    (_, crate::project::KeyframePosition::Last) => "end",
+                    _ => "start",
+                };
                 Body::Segment(SegmentRecipe {
                     backend: cfg.video.backend.clone(),
                     model: p.model,
@@ -410,6 +415,7 @@ impl Session {
                     negative_prompt: p.negative_prompt,
                     seed: p.seed,
                     prompt: cfg.shots[*shot].motion.clone(),
+                    frames: frames.into(),
                     first: first.map(|d| blobs[&d].clone()),
                     last: last.map(|d| blobs[&d].clone()),
                 })

@@ -38,6 +38,9 @@ pub struct SegmentRecipe {
     pub negative_prompt: String,
     pub seed: Option<u64>,
     pub prompt: String,
+    /// Which of the shot's frames are sent: `start`, `end` (single mode, by keyframe_position)
+    /// or `start+end` (first-last mode).
+    pub frames: String,
     /// Blob hash of the first frame sent, if any.
     pub first: Option<String>,
     /// Blob hash of the last frame sent, if any.
@@ -187,18 +190,25 @@ pub fn explain(before: &Recipe, now: &Recipe, upstream: &Upstream) -> Vec<String
             if b.prompt != n.prompt {
                 out.push("prompt changed".into());
             }
-            out.extend(changed_input(
-                "first frame",
-                &b.first,
-                &n.first,
-                &upstream.first,
-            ));
-            out.extend(changed_input(
-                "last frame",
-                &b.last,
-                &n.last,
-                &upstream.last,
-            ));
+            if b.frames != n.frames {
+                out.push(format!(
+                    "frames sent changed ({} -> {}: video.mode or keyframe_position)",
+                    b.frames, n.frames
+                ));
+            } else {
+                out.extend(changed_input(
+                    "first frame",
+                    &b.first,
+                    &n.first,
+                    &upstream.first,
+                ));
+                out.extend(changed_input(
+                    "last frame",
+                    &b.last,
+                    &n.last,
+                    &upstream.last,
+                ));
+            }
         }
         (Body::Final(b), Body::Final(n)) => {
             if b.segments.len() != n.segments.len() {
