@@ -25,7 +25,7 @@ CREATE TABLE actions(
     key TEXT PRIMARY KEY, base_key TEXT NOT NULL, node_kind TEXT NOT NULL, node_id TEXT NOT NULL,
     recipe_json TEXT NOT NULL, blob TEXT NOT NULL, media_type TEXT NOT NULL, backend TEXT NOT NULL,
     model TEXT NOT NULL, created_at INTEGER NOT NULL, gen_ms INTEGER NOT NULL,
-    cost_usd REAL NOT NULL, take INTEGER NOT NULL);
+    cost_usd REAL NOT NULL, take INTEGER NOT NULL, size INTEGER NOT NULL);
 CREATE INDEX actions_by_base ON actions(base_key, take);
 CREATE TABLE nodes(node_id TEXT PRIMARY KEY, key TEXT NOT NULL, built_at INTEGER NOT NULL);
 CREATE TABLE file_hashes(
@@ -69,15 +69,14 @@ pub struct Action {
     pub gen_ms: i64,
     pub cost_usd: f64,
     pub take: u32,
-    /// Size of the blob in bytes (0 when the blob's row is gone).
+    /// Size of the blob in bytes.
     pub size: u64,
 }
 
-/// The columns [`action_from_row`] reads, in its order: an action and its blob's size.
-const ACTION_SELECT: &str =
-    "SELECT a.key, a.base_key, a.node_kind, a.node_id, a.recipe_json, a.blob,
-    a.media_type, a.backend, a.model, a.created_at, a.gen_ms, a.cost_usd, a.take,
-    COALESCE(b.size, 0) FROM actions a LEFT JOIN blobs b ON b.hash = a.blob";
+/// The columns [`action_from_row`] reads, in its order. The blob's size is kept in the row (not
+/// joined from `blobs`): a lookup is one index probe on one table, no join, no sort.
+const ACTION_SELECT: &str = "SELECT key, base_key, node_kind, node_id, recipe_json, blob,
+    media_type, backend, model, created_at, gen_ms, cost_usd, take, size FROM actions";
 
 /// A stat-cache row: the hash of a file as it was when last read.
 #[derive(Debug, Clone, PartialEq)]
@@ -254,7 +253,7 @@ impl Store {
 
     pub fn action(&self, key: &str) -> Result<Option<Action>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(&format!("{ACTION_SELECT} WHERE a.key = ?1"))?;
+        let mut st = conn.prepare_cached(&format!("{ACTION_SELECT} WHERE key = ?1"))?;
         Ok(st.query_row([key], action_from_row).optional()?)
     }
 
@@ -262,7 +261,7 @@ impl Store {
     pub fn takes(&self, base_key: &str) -> Result<Vec<Action>> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(&format!(
-            "{ACTION_SELECT} WHERE a.base_key = ?1 ORDER BY a.take"
+            "{ACTION_SELECT} WHERE base_key = ?1 ORDER BY take"
         ))?;
         let rows = st.query_map([base_key], action_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -272,19 +271,26 @@ impl Store {
     pub fn actions_of_node(&self, node_id: &str) -> Result<Vec<Action>> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(&format!(
-            "{ACTION_SELECT} WHERE a.node_id = ?1 ORDER BY a.created_at, a.take"
+            "{ACTION_SELECT} WHERE node_id = ?1 ORDER BY created_at, take"
         ))?;
         let rows = st.query_map([node_id], action_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The highest take recorded for a base key.
+    /// The highest take recorded for a base key. (Picked here rather than with ORDER BY: with
+    /// SQLite's STAT4 a sorted query is re-prepared at every call.)
     pub fn latest_take(&self, base_key: &str) -> Result<Option<Action>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(&format!(
-            "{ACTION_SELECT} WHERE a.base_key = ?1 ORDER BY a.take DESC LIMIT 1"
-        ))?;
-        Ok(st.query_row([base_key], action_from_row).optional()?)
+        let mut st = conn.prepare_cached(&format!("{ACTION_SELECT} WHERE base_key = ?1"))?;
+        let rows = st.query_map([base_key], action_from_row)?;
+        let mut latest: Option<Action> = None;
+        for a in rows {
+            let a = a?;
+            if latest.as_ref().is_none_or(|l| a.take > l.take) {
+                latest = Some(a);
+            }
+        }
+        Ok(latest)
     }
 
     /// Records a result whose blob is already in place (so a crash between the two leaves at
@@ -298,8 +304,8 @@ impl Store {
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO actions(key, base_key, node_kind, node_id, recipe_json, blob,
-                media_type, backend, model, created_at, gen_ms, cost_usd, take)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                media_type, backend, model, created_at, gen_ms, cost_usd, take, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 a.key,
                 a.base_key,
@@ -313,7 +319,8 @@ impl Store {
                 a.created_at,
                 a.gen_ms,
                 a.cost_usd,
-                a.take
+                a.take,
+                a.size as i64
             ],
         )?;
         tx.commit()?;
