@@ -294,21 +294,12 @@ impl Veo {
         let body = serde_json::to_vec(&self.request_body(req, first.as_ref(), last.as_ref()))
             .map_err(|e| GenError::Permanent(format!("cannot encode the request: {e}")))?;
         let url = self.submit_url(&req.params.model);
-        let (url, body) = (&url, &body);
         let answer = self
-            .http
-            .retry(
+            .post_json(
                 &format!("{} predictLongRunning", self.label()),
-                &self.secrets(),
-                &*ctx.status,
-                || async move {
-                    let builder = self
-                        .authorized(self.http.client().post(url))
-                        .await?
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body.clone());
-                    send_json(&self.http, builder).await
-                },
+                &url,
+                body,
+                ctx,
             )
             .await
             .map_err(CallError::into_gen_error)?;
@@ -333,6 +324,27 @@ impl Veo {
         Ok(name)
     }
 
+    /// POSTs a JSON body with the route's credentials, retrying what is worth retrying.
+    async fn post_json(
+        &self,
+        what: &str,
+        url: &str,
+        body: Vec<u8>,
+        ctx: &GenContext,
+    ) -> Result<Value, CallError> {
+        let body = &body;
+        self.http
+            .retry(what, &self.secrets(), &*ctx.status, || async move {
+                let builder = self
+                    .authorized(self.http.client().post(url))
+                    .await?
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                send_json(&self.http, builder).await
+            })
+            .await
+    }
+
     /// One look at the operation.
     async fn fetch_operation(
         &self,
@@ -352,18 +364,8 @@ impl Veo {
                     _ => vertex_model_path(target, model),
                 };
                 let url = format!("{base_url}/v1/{prefix}:fetchPredictOperation");
-                let body = json!({"operationName": name}).to_string();
-                let (url, body) = (&url, &body);
-                self.http
-                    .retry(&what, &secrets, &*ctx.status, || async move {
-                        let builder = self
-                            .authorized(self.http.client().post(url))
-                            .await?
-                            .header(reqwest::header::CONTENT_TYPE, "application/json")
-                            .body(body.clone());
-                        send_json(&self.http, builder).await
-                    })
-                    .await
+                let body = json!({"operationName": name}).to_string().into_bytes();
+                self.post_json(&what, &url, body, ctx).await
             }
             Route::Gemini { base_url, .. } => {
                 let url = format!("{base_url}/v1beta/{name}");
