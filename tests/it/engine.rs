@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use crate::support::project::{
-    Project, blobs, count, ffprobe_duration, generated_ids, ids_with_status, node, nodes, set,
-    statuses, str_field,
+    Project, Running, blobs, count, ffprobe_duration, generated_ids, ids_with_status, node, nodes,
+    set, statuses, str_field,
 };
 
 /// Every node a default build of fixtures/basic needs, with its output. dawn's and dream's end
@@ -481,11 +481,8 @@ fn concurrent_builds_take_turns_and_the_second_generates_nothing() {
     );
 }
 
-#[test]
-fn ctrl_c_lets_running_generations_finish_and_the_next_build_does_the_rest() {
-    let p = basic();
-    let mut running = p.spawn(&["--json", "build"], &[("TTV_PREVIEW_LATENCY_MS", "1500")]);
-    // Once the first result is stored, the next generations are in flight (jobs: 2).
+/// Waits until a running build has stored its first result.
+fn wait_for_first_result(p: &Project, running: &mut Running) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while p.blob_count() == 0 {
         assert!(
@@ -499,6 +496,14 @@ fn ctrl_c_lets_running_generations_finish_and_the_next_build_does_the_rest() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn ctrl_c_lets_running_generations_finish_and_the_next_build_does_the_rest() {
+    let p = basic();
+    let mut running = p.spawn(&["--json", "build"], &[("TTV_PREVIEW_LATENCY_MS", "1500")]);
+    // Once the first result is stored, the next generations are in flight (jobs: 2).
+    wait_for_first_result(&p, &mut running);
     std::thread::sleep(Duration::from_millis(300));
     running.interrupt();
     let first = p.wait(running);
@@ -528,19 +533,7 @@ fn no_wait_fails_at_once_while_another_build_runs() {
     let mut first = p.spawn(&["build"], &[("TTV_PREVIEW_LATENCY_MS", "500")]);
 
     // A stored blob means the first build holds the lock and has several generations to go.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while p.blob_count() == 0 {
-        assert!(
-            first.is_running(),
-            "the first build ended before storing anything"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no blob stored:\n{}",
-            p.listing()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_first_result(&p, &mut first);
 
     let second = p.ttv(&["build", "--no-wait"]);
     let still_running = first.is_running();
