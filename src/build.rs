@@ -881,6 +881,9 @@ struct Tracker {
     waiting: HashMap<usize, usize>,
     blobs: HashMap<usize, String>,
     results: BTreeMap<usize, NodeReport>,
+    /// Money so far, for the progress display.
+    spent: f64,
+    saved: f64,
 }
 
 impl Tracker {
@@ -893,6 +896,8 @@ impl Tracker {
                 .collect(),
             blobs: HashMap::new(),
             results: BTreeMap::new(),
+            spent: 0.0,
+            saved: 0.0,
         }
     }
 
@@ -940,6 +945,15 @@ impl Tracker {
             // Reported as skipped with everything else that did not start.
             Outcome::NotStarted => return ready,
         };
+        match report.status {
+            Status::Generated => self.spent += report.cost_usd,
+            Status::Cached => self.saved += report.cost_usd,
+            _ => {}
+        }
+        progress.set_message(format!(
+            "spent ${:.2}, saved ${:.2}",
+            self.spent, self.saved
+        ));
         match report.status {
             Status::Generated => progress.finished(
                 &format!(
