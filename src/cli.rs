@@ -8,12 +8,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::build::{self, BuildOptions, Report, Session, Status};
+use crate::build::{self, BuildOptions};
 use crate::error::{
     EXIT_INTERRUPTED, EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for,
 };
 use crate::graph::NodeKind;
 use crate::housekeeping;
+use crate::plan::{Report, Session, Status};
 use crate::progress::{Progress, Verbosity};
 use crate::project::{self, Project};
 use crate::store::{BuildLock, Store};

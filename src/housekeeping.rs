@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::build::Session;
 use crate::error::UsageError;
+use crate::plan::Session;
 use crate::progress::Progress;
 use crate::project::CONFIG_FILE;
 use crate::store::{BlobStore, BuildLock, Store};

@@ -1,7 +1,7 @@
 //! ttv: a make-like, content-addressed caching build tool for AI video.
 //!
 //! Data flows one way: [`project`] (ttv.yaml) -> [`graph`] -> [`recipe`] (keys) ->
-//! [`store`] lookups -> [`build`] (scheduler) -> [`backends`] -> [`store`] ->
+//! [`plan`] (store lookups) -> [`build`] (scheduler) -> [`backends`] -> [`store`] ->
 //! [`materialize`] (build/ outputs).
 
 pub mod backends;
@@ -12,6 +12,7 @@ pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
 pub mod materialize;
+pub mod plan;
 pub mod prices;
 pub mod progress;
 pub mod project;

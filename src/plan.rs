@@ -1,0 +1,699 @@
+//! Resolving the graph against the cache: each node's recipe, key, take and cache hit. This one
+//! walk is behind `plan`, `explain`, `takes`, `gc` and the build's decisions.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::backends::{self, FrameGenerator, VideoBackend, VideoParams};
+use crate::error::{ProjectError, ProjectErrors, UsageError};
+use crate::filehash::StatCache;
+use crate::graph::{FrameRole, Graph, NodeKind};
+use crate::materialize::BUILD_DIR;
+use crate::prices::PriceTable;
+use crate::progress::Progress;
+use crate::project::Project;
+use crate::recipe::{self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe};
+use crate::stitch;
+use crate::store::{Action, BlobStore, Store};
+
+/// Status of a node in the JSON output (the CLI contract of DESIGN.md §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Generated,
+    Cached,
+    Failed,
+    Skipped,
+    Dirty,
+}
+
+/// One node's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub id: String,
+    pub kind: &'static str,
+    pub status: Status,
+    pub key: Option<String>,
+    pub blob: Option<String>,
+    pub output: Option<String>,
+    pub reasons: Vec<String>,
+    pub take: Option<u32>,
+    pub backend: Option<String>,
+    /// What this node cost (generated), cost before (cached), or will cost (dirty, estimated).
+    pub cost_usd: f64,
+    pub error: Option<String>,
+}
+
+/// The `--json` object of `build` and `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
+    pub nodes: Vec<NodeReport>,
+    /// Plan only: the estimated wall time of the dirty work, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<f64>,
+    /// Build only, when Ctrl-C stopped it: what was not started is `skipped`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+impl Report {
+    pub(crate) fn from_nodes(nodes: Vec<NodeReport>) -> Report {
+        let count = |s: Status| nodes.iter().filter(|n| n.status == s).count();
+        let sum = |s: &[Status]| -> f64 {
+            let v: f64 = nodes
+                .iter()
+                .filter(|n| s.contains(&n.status))
+                .map(|n| n.cost_usd)
+                .sum();
+            // `+ 0.0` turns the -0.0 of an empty float sum into 0.
+            (v * 1e6).round() / 1e6 + 0.0
+        };
+        Report {
+            generated: count(Status::Generated),
+            cached: count(Status::Cached),
+            failed: count(Status::Failed),
+            skipped: count(Status::Skipped),
+            cost_usd: sum(&[Status::Generated, Status::Dirty]),
+            saved_usd: sum(&[Status::Cached]),
+            nodes,
+            estimated_seconds: None,
+            interrupted: false,
+        }
+    }
+}
+
+/// A reference image, hashed.
+#[derive(Debug, Clone)]
+pub(crate) struct RefFile {
+    pub(crate) name: String,
+    pub(crate) rel_path: PathBuf,
+    pub(crate) hash: String,
+}
+
+/// Everything known before any work starts: the project, the graph, the selected nodes, the
+/// backends (checked), the input hashes and the cache.
+pub struct Session {
+    pub project: Project,
+    pub graph: Graph,
+    pub needed: Vec<usize>,
+    pub store: Option<Arc<Store>>,
+    pub(crate) prices: PriceTable,
+    pub(crate) frames: Option<Arc<dyn FrameGenerator>>,
+    pub(crate) videos: Vec<VideoBackend>,
+    pub(crate) refs: Vec<RefFile>,
+    /// blake3 of each shot's start_image, by shot index.
+    start_images: HashMap<usize, String>,
+    pub(crate) stats: Mutex<StatCache>,
+    /// Node id -> key at its last build (what explanations compare against).
+    pub(crate) last_keys: HashMap<String, String>,
+    /// Nodes asked to be made again as a new take.
+    rerolls: HashSet<usize>,
+    /// Plans of the nodes [`Session::plan`] found cached, for the build to reuse.
+    pub(crate) cached_plans: Mutex<HashMap<usize, NodePlan>>,
+    pub(crate) progress: Progress,
+}
+
+/// A node's recipe and what the cache holds for it.
+#[derive(Debug, Clone)]
+pub struct NodePlan {
+    pub recipe: Recipe,
+    pub key: String,
+    pub take: u32,
+    /// The usable cached result, if any.
+    pub hit: Option<Action>,
+}
+
+impl Session {
+    /// Loads and checks everything a command needs. `create_cache`: build creates `.ttv/`, the
+    /// read-only commands never do.
+    pub fn open(
+        project: Project,
+        targets: &[String],
+        rerolls: &[String],
+        create_cache: bool,
+        progress: Progress,
+    ) -> Result<Session> {
+        for note in &project.notes {
+            progress.warn(note);
+        }
+        let graph = Graph::from_project(&project);
+        let needed = graph.select(&project, targets)?;
+        let mut reroll_set = HashSet::new();
+        for r in rerolls {
+            let i = graph.index_of(r).ok_or_else(|| {
+                UsageError::new(format!(
+                    "--reroll {r}: no such node (give a node id such as frame/{}/end; `ttv plan` lists them)",
+                    project.config.shots.first().map_or("arrival", |s| s.id.as_str())
+                ))
+            })?;
+            reroll_set.insert(i);
+        }
+        let needs_frames = needed.iter().any(|&i| generates_frame(&project, &graph, i));
+        let needs_video = needed
+            .iter()
+            .any(|&i| matches!(graph.nodes[i].kind, NodeKind::Segment { .. }));
+        let mut errors = Vec::new();
+        let frames = if needs_frames {
+            match backends::frame_backend(&project) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let videos = if needs_video {
+            backends::video_backends(&project).unwrap_or_else(|e| {
+                errors.push(e);
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let store = if create_cache {
+            Some(Arc::new(Store::open(&project.cache_dir())?))
+        } else {
+            Store::open_existing(&project.cache_dir())?.map(Arc::new)
+        };
+        let mut stats = StatCache::load(store.as_deref())?;
+        let mut refs = Vec::new();
+        if needs_frames {
+            for r in &project.references {
+                match hash_image(&project, &mut stats, &r.rel_path) {
+                    Ok(hash) => refs.push(RefFile {
+                        name: r.name.clone(),
+                        rel_path: r.rel_path.clone(),
+                        hash,
+                    }),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let mut start_images = HashMap::new();
+        for &i in &needed {
+            if let NodeKind::Frame {
+                shot,
+                role: FrameRole::Start,
+                ..
+            } = graph.nodes[i].kind
+                && let Some(path) = &project.config.shots[shot].start_image
+            {
+                match hash_image(&project, &mut stats, Path::new(path)) {
+                    Ok(h) => {
+                        start_images.insert(shot, h);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let last_keys = match &store {
+            Some(s) => s.node_keys()?,
+            None => HashMap::new(),
+        };
+        let session = Session {
+            prices: PriceTable::new(&project.config.prices),
+            project,
+            graph,
+            needed,
+            store,
+            frames,
+            videos,
+            refs,
+            start_images,
+            stats: Mutex::new(stats),
+            last_keys,
+            rerolls: reroll_set,
+            cached_plans: Mutex::default(),
+            progress,
+        };
+        errors.extend(session.capability_problems());
+        if !errors.is_empty() {
+            errors.dedup();
+            return Err(ProjectErrors(errors).into());
+        }
+        Ok(session)
+    }
+
+    pub fn progress_info(&self, msg: &str) {
+        self.progress.info(msg);
+    }
+
+    /// Replaces the progress display (the build's has a totals bar).
+    pub fn with_progress(mut self, progress: Progress) -> Session {
+        self.progress = progress;
+        self
+    }
+
+    /// Every setting the configured backends cannot serve, for the needed nodes.
+    fn capability_problems(&self) -> Vec<ProjectError> {
+        let cfg = &self.project.config;
+        let mut out = Vec::new();
+        if let Some(f) = &self.frames {
+            let k = &cfg.keyframes;
+            let caps = f.capabilities(&k.model);
+            for p in caps.check(f.name(), &k.model, &k.aspect_ratio) {
+                out.push(
+                    self.project
+                        .error_at(&format!("keyframes.{}", p.setting), p.message)
+                        .help(p.help),
+                );
+            }
+            let images = self.refs.len() + usize::from(k.chain);
+            if images > caps.max_input_images {
+                out.push(
+                    self.project
+                        .error_at(
+                            "keyframes.references",
+                            format!(
+                                "{} reference images{} are more than {} ({}) takes in one request ({})",
+                                self.refs.len(),
+                                if k.chain { " plus the chained frame" } else { "" },
+                                f.name(),
+                                k.model,
+                                caps.max_input_images
+                            ),
+                        )
+                        .help("keep the references that matter most, or set `chain: false`"),
+                );
+            }
+        }
+        for &i in &self.needed {
+            let NodeKind::Segment { shot, .. } = self.graph.nodes[i].kind else {
+                continue;
+            };
+            let s = &cfg.shots[shot];
+            for vb in &self.videos {
+                let params = self.video_params(shot, &vb.model);
+                let caps = vb.generator.capabilities(&vb.model);
+                for p in caps.check(vb.generator.name(), &params, s.motion.chars().count()) {
+                    let per_shot = match p.setting.as_str() {
+                        "duration_seconds" => s.duration_seconds.is_some(),
+                        "seed" => s.seed.is_some(),
+                        "generate_audio" => s.generate_audio.is_some(),
+                        "motion" => true,
+                        _ => false,
+                    };
+                    let at = if per_shot {
+                        format!("shots.{shot}.{}", p.setting)
+                    } else if p.setting == "model" || vb.setting == "video" {
+                        format!("video.{}", p.setting)
+                    } else {
+                        vb.setting.clone()
+                    };
+                    out.push(self.project.error_at(&at, p.message).help(p.help));
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn video_params(&self, shot: usize, model: &str) -> VideoParams {
+        let v = &self.project.config.video;
+        let s = &self.project.config.shots[shot];
+        VideoParams {
+            model: model.to_string(),
+            duration_seconds: s.duration_seconds.unwrap_or(v.duration_seconds),
+            resolution: v.resolution.clone(),
+            aspect_ratio: v.aspect_ratio.clone(),
+            generate_audio: s.generate_audio.unwrap_or(v.generate_audio),
+            negative_prompt: s
+                .negative_prompt
+                .clone()
+                .unwrap_or_else(|| v.negative_prompt.clone()),
+            seed: s.seed.or(v.seed),
+            first_last: v.mode == crate::project::VideoMode::FirstLast,
+        }
+    }
+
+    /// The recipe of node `i`, given the output blobs of its dependencies.
+    fn recipe_body(&self, i: usize, blobs: &HashMap<usize, String>) -> Body {
+        let cfg = &self.project.config;
+        let k = &cfg.keyframes;
+        let frame = |prompt: String, references: Vec<(String, String)>, input: Option<String>| {
+            Body::Frame(FrameRecipe {
+                backend: k.backend.clone(),
+                model: k.model.clone(),
+                aspect_ratio: k.aspect_ratio.clone(),
+                prompt,
+                references,
+                input,
+            })
+        };
+        match &self.graph.nodes[i].kind {
+            NodeKind::AutoReference { shot } => frame(
+                auto_reference_prompt(cfg.shots[*shot].start.as_deref().unwrap_or_default()),
+                Vec::new(),
+                None,
+            ),
+            NodeKind::Frame {
+                shot,
+                role,
+                input,
+                auto_reference,
+            } => {
+                let s = &cfg.shots[*shot];
+                if *role == FrameRole::Start
+                    && let Some(h) = self.start_images.get(shot)
+                {
+                    return Body::Image(ImageRecipe { source: h.clone() });
+                }
+                let prompt = match role {
+                    FrameRole::Start => s.start.clone().unwrap_or_default(),
+                    FrameRole::End => s.end.clone(),
+                };
+                let mut references: Vec<(String, String)> = self
+                    .refs
+                    .iter()
+                    .map(|r| (r.name.clone(), r.hash.clone()))
+                    .collect();
+                if let Some(a) = auto_reference {
+                    references.push(("auto".into(), blobs[a].clone()));
+                }
+                frame(prompt, references, input.map(|d| blobs[&d].clone()))
+            }
+            NodeKind::Segment { shot, first, last } => {
+                let p = self.video_params(*shot, &cfg.video.model);
+                let frames = match (cfg.video.mode, cfg.video.keyframe_position) {
+                    (crate::project::VideoMode::FirstLast, _) => "start+end",
+                    (_, crate::project::KeyframePosition::Last) => "end",
+                    _ => "start",
+                };
+                Body::Segment(SegmentRecipe {
+                    backend: cfg.video.backend.clone(),
+                    model: p.model,
+                    duration_seconds: p.duration_seconds,
+                    resolution: p.resolution,
+                    aspect_ratio: p.aspect_ratio,
+                    generate_audio: p.generate_audio,
+                    negative_prompt: p.negative_prompt,
+                    seed: p.seed,
+                    prompt: cfg.shots[*shot].motion.clone(),
+                    frames: frames.into(),
+                    first: first.map(|d| blobs[&d].clone()),
+                    last: last.map(|d| blobs[&d].clone()),
+                })
+            }
+            NodeKind::Final { segments } => Body::Final(FinalRecipe {
+                segments: segments.iter().map(|d| blobs[d].clone()).collect(),
+                stitch: stitch::STITCH_VERSION.into(),
+            }),
+        }
+    }
+
+    /// The take pinned in ttv.yaml for node `i`, if any.
+    fn pinned_take(&self, i: usize) -> Option<u32> {
+        let shots = &self.project.config.shots;
+        match self.graph.nodes[i].kind {
+            NodeKind::Frame { shot, role, .. } => match role {
+                FrameRole::Start => shots[shot].start_take,
+                FrameRole::End => shots[shot].end_take,
+            },
+            NodeKind::Segment { shot, .. } => shots[shot].take,
+            _ => None,
+        }
+    }
+
+    /// Recipe, key and cache hit of node `i` given its dependencies' blobs.
+    pub fn plan_node(&self, i: usize, blobs: &HashMap<usize, String>) -> Result<NodePlan> {
+        let body = self.recipe_body(i, blobs);
+        let base = Recipe::new(body, 0);
+        let store = self.store.as_deref();
+        let latest = match store {
+            Some(s) if base.is_generation() => s.latest_take(&base.base_key())?,
+            _ => None,
+        };
+        let latest_take = latest.as_ref().map(|a| a.take);
+        let take = if self.rerolls.contains(&i) && base.is_generation() {
+            latest_take.map_or(1, |t| t + 1)
+        } else {
+            self.pinned_take(i).or(latest_take).unwrap_or(1)
+        };
+        let recipe = Recipe { take, ..base };
+        let key = recipe.key();
+        let found = match store {
+            // A forced derived node (final, start image) is made again; a rerolled generation
+            // already has a new take, so a new key.
+            Some(s) if !self.rerolls.contains(&i) || recipe.is_generation() => {
+                match latest.filter(|a| a.key == key) {
+                    Some(a) => Some(a),
+                    None => s.action(&key)?,
+                }
+            }
+            _ => None,
+        };
+        let hit = match (found, store) {
+            (Some(a), Some(s)) if a.size > 0 && s.blobs.get(&a.blob, a.size).is_some() => Some(a),
+            (Some(a), _) => {
+                self.progress.warn(&format!(
+                    "{}: cached output {} is missing or damaged in .ttv/objects; it will be made again",
+                    self.graph.nodes[i].id,
+                    &a.blob[..12]
+                ));
+                None
+            }
+            (None, _) => None,
+        };
+        Ok(NodePlan {
+            recipe,
+            key,
+            take,
+            hit,
+        })
+    }
+
+    /// Why node `i` with this plan differs from its last build.
+    pub(crate) fn reasons(&self, i: usize, plan: &NodePlan) -> Vec<String> {
+        let node = &self.graph.nodes[i];
+        if self.rerolls.contains(&i) && plan.recipe.is_generation() {
+            return vec![format!("reroll requested (new take {})", plan.take)];
+        }
+        let Some(last_key) = self.last_keys.get(&node.id) else {
+            return vec!["never built".into()];
+        };
+        if *last_key == plan.key {
+            return if plan.hit.is_some() {
+                Vec::new()
+            } else {
+                vec!["its cached output is missing".into()]
+            };
+        }
+        let before = self
+            .store
+            .as_deref()
+            .and_then(|s| s.action(last_key).ok().flatten())
+            .and_then(|a| serde_json::from_str::<Recipe>(&a.recipe_json).ok());
+        let Some(before) = before else {
+            return vec!["the recipe of its last build is no longer in the cache".into()];
+        };
+        let name = |d: &Option<usize>| d.map(|d| self.graph.nodes[d].id.clone());
+        let upstream = match &node.kind {
+            NodeKind::Frame { input, .. } => recipe::Upstream {
+                input: name(input),
+                ..Default::default()
+            },
+            NodeKind::Segment { first, last, .. } => recipe::Upstream {
+                first: name(first),
+                last: name(last),
+                ..Default::default()
+            },
+            NodeKind::Final { segments } => recipe::Upstream {
+                segments: segments
+                    .iter()
+                    .map(|&d| self.graph.nodes[d].id.clone())
+                    .collect(),
+                ..Default::default()
+            },
+            NodeKind::AutoReference { .. } => recipe::Upstream::default(),
+        };
+        let mut r = recipe::explain(&before, &plan.recipe, &upstream);
+        if r.is_empty() {
+            r.push("changed".into());
+        }
+        r
+    }
+
+    /// The plan of every needed node: cached ones with their keys, dirty ones with reasons
+    /// (a node downstream of a dirty one is dirty, and its key is not known yet).
+    pub fn plan(&self) -> Result<Report> {
+        // One read transaction for the whole walk (a snapshot, and no lock per statement).
+        let _snapshot = self
+            .store
+            .as_deref()
+            .map(Store::read_snapshot)
+            .transpose()?;
+        let mut cached_plans = HashMap::new();
+        let mut blobs = HashMap::new();
+        let mut dirty: HashSet<usize> = HashSet::new();
+        let mut nodes = Vec::new();
+        for &i in &self.needed {
+            let node = &self.graph.nodes[i];
+            let dirty_deps: Vec<&str> = node
+                .deps
+                .iter()
+                .filter(|d| dirty.contains(d))
+                .map(|&d| self.graph.nodes[d].id.as_str())
+                .collect();
+            let mut report = NodeReport {
+                id: node.id.clone(),
+                kind: node.kind_name(),
+                status: Status::Dirty,
+                key: None,
+                blob: None,
+                output: Some(output_path(&node.output)),
+                reasons: Vec::new(),
+                take: None,
+                backend: None,
+                cost_usd: self.estimate(i),
+                error: None,
+            };
+            if dirty_deps.is_empty() {
+                let plan = self.plan_node(i, &blobs)?;
+                report.key = Some(plan.key.clone());
+                report.take = Some(plan.take);
+                report.reasons = self.reasons(i, &plan);
+                if let Some(hit) = &plan.hit {
+                    blobs.insert(i, hit.blob.clone());
+                    report.status = Status::Cached;
+                    report.blob = Some(hit.blob.clone());
+                    report.backend = Some(hit.backend.clone());
+                    report.cost_usd = hit.cost_usd;
+                    cached_plans.insert(i, plan);
+                } else {
+                    dirty.insert(i);
+                }
+            } else {
+                dirty.insert(i);
+                report.reasons = dirty_deps
+                    .iter()
+                    .map(|d| format!("input {d} will be regenerated"))
+                    .collect();
+            }
+            nodes.push(report);
+        }
+        let mut report = Report::from_nodes(nodes);
+        report.estimated_seconds = Some(self.estimate_seconds(&dirty));
+        *self.cached_plans.lock().unwrap_or_else(|e| e.into_inner()) = cached_plans;
+        Ok(report)
+    }
+
+    /// List price of generating node `i` once.
+    fn estimate(&self, i: usize) -> f64 {
+        let cfg = &self.project.config;
+        match self.graph.nodes[i].kind {
+            NodeKind::Segment { shot, .. } => {
+                let p = self.video_params(shot, &cfg.video.model);
+                self.prices
+                    .video(&cfg.video.backend, &cfg.video.model, p.duration_seconds)
+            }
+            _ if generates_frame(&self.project, &self.graph, i) => self
+                .prices
+                .image(&cfg.keyframes.backend, &cfg.keyframes.model),
+            _ => 0.0,
+        }
+    }
+
+    /// A rough wall time for the dirty nodes: per backend, waves of `jobs` at a typical latency.
+    fn estimate_seconds(&self, dirty: &HashSet<usize>) -> f64 {
+        let cfg = &self.project.config;
+        let typical = |backend: &str, video: bool| match (backend, video) {
+            ("preview", _) => 0.5,
+            (_, false) => 15.0,
+            (_, true) => 120.0,
+        };
+        let frames = dirty
+            .iter()
+            .filter(|&&i| generates_frame(&self.project, &self.graph, i))
+            .count();
+        let segments = dirty
+            .iter()
+            .filter(|&&i| matches!(self.graph.nodes[i].kind, NodeKind::Segment { .. }))
+            .count();
+        let waves = |n: usize, jobs: usize| n.div_ceil(jobs.max(1)) as f64;
+        waves(frames, cfg.keyframes.jobs) * typical(&cfg.keyframes.backend, false)
+            + waves(segments, cfg.video.jobs) * typical(&cfg.video.backend, true)
+    }
+
+    /// Fails (with the install command) when the plan needs ffmpeg and it cannot be run.
+    pub fn check_tools(&self, report: &Report) -> Result<(), ProjectError> {
+        let needs_ffmpeg = report.nodes.iter().any(|n| {
+            n.status == Status::Dirty
+                && (n.kind == "final"
+                    || (n.kind == "segment"
+                        && self.videos.iter().any(|v| v.generator.name() == "preview")))
+        });
+        if needs_ffmpeg {
+            stitch::check_ffmpeg()?;
+        }
+        Ok(())
+    }
+
+    pub fn save_stats(&self) -> Result<()> {
+        if let Some(store) = &self.store {
+            self.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .save(store)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn output_path(rel: &Path) -> String {
+    Path::new(BUILD_DIR)
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn auto_reference_prompt(start: &str) -> String {
+    format!(
+        "A reference image for a film storyboard: show the main characters and the setting clearly, in neutral light. Scene: {start}"
+    )
+}
+
+/// Whether node `i` is made by the frame backend.
+fn generates_frame(project: &Project, graph: &Graph, i: usize) -> bool {
+    match graph.nodes[i].kind {
+        NodeKind::AutoReference { .. } => true,
+        NodeKind::Frame { shot, role, .. } => {
+            role == FrameRole::End || project.config.shots[shot].start_image.is_none()
+        }
+        _ => false,
+    }
+}
+
+/// Hashes an image file of the project through the stat cache; the bytes are decoded (once,
+/// when they are read) so a corrupt image is a project error naming the file.
+fn hash_image(
+    project: &Project,
+    stats: &mut StatCache,
+    rel: &Path,
+) -> Result<String, ProjectError> {
+    let rel_str = rel.to_string_lossy();
+    let result = stats.hash(&project.root, &rel_str, |bytes| {
+        image::load_from_memory(bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(Ok(hash)) => Ok(hash),
+        Ok(Err(e)) => Err(
+            ProjectError::new(rel, None, format!("not a readable image: {e}"))
+                .help("replace it with a PNG, JPEG, WebP or BMP file, or remove it"),
+        ),
+        Err(e) => Err(ProjectError::new(rel, None, format!("cannot read it: {e}"))
+            .help("check that the file exists and is readable")),
+    }
+}
