@@ -164,7 +164,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
         Command::Gc { yes } => {
             let project = load()?;
             let targets = all_targets(&project);
-            let session = Session::open(project, &targets, &[], false, progress.clone())?;
+            let session = Session::open(project, &targets, &[], progress.clone())?;
             let _lock = BuildLock::acquire(&session.project.cache_dir(), false, || {})?;
             housekeeping::gc(&session, *yes, cli.json)?;
             Ok(EXIT_OK)
@@ -198,23 +198,28 @@ fn run_build(
     progress: Progress,
 ) -> Result<i32> {
     let started = Instant::now();
-    // The project is checked before waiting for the lock: a broken ttv.yaml fails at once.
-    let mut project = load()?;
-    let cache_dir = root.join(".ttv");
+    let mut rerolls = opts.reroll.clone();
+    rerolls.extend(opts.force.iter().cloned());
+    let open = |project| Session::open(project, &opts.targets, &rerolls, progress.clone());
+    // Everything is checked before the lock is taken or `.ttv/` is created: a broken project
+    // fails at once and touches nothing.
+    let mut session = open(load()?)?;
+    let mut preview = session.plan()?;
+    session.check_tools(&preview)?;
     let mut waited = false;
-    let _lock = BuildLock::acquire(&cache_dir, !opts.no_wait, || {
+    let _lock = BuildLock::acquire(&root.join(".ttv"), !opts.no_wait, || {
         waited = true;
         progress.info("another ttv build is running in this project; waiting for it to finish (Ctrl-C to stop, --no-wait to fail instead)")
     })?;
-    if waited {
-        // ttv.yaml may have been edited while this build waited.
-        project = load()?;
+    if waited || session.store.is_none() {
+        if waited {
+            // ttv.yaml, and what is cached, may have changed while this build waited.
+            session = open(load()?)?;
+        }
+        session.ensure_store()?;
+        preview = session.plan()?;
+        session.check_tools(&preview)?;
     }
-    let mut rerolls = opts.reroll.clone();
-    rerolls.extend(opts.force.iter().cloned());
-    let session = Session::open(project, &opts.targets, &rerolls, true, progress.clone())?;
-    let preview = session.plan()?;
-    session.check_tools(&preview)?;
     let dirty = preview
         .nodes
         .iter()
@@ -310,7 +315,7 @@ fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
 }
 
 fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> Result<i32> {
-    let session = Session::open(project, targets, &[], false, progress.clone())?;
+    let session = Session::open(project, targets, &[], progress.clone())?;
     let report = session.plan()?;
     session.check_tools(&report)?;
     if cli.json {
@@ -360,7 +365,7 @@ fn human_duration(secs: f64) -> String {
 }
 
 fn explain(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<i32> {
-    let session = Session::open(project, &[node.to_string()], &[], false, progress.clone())?;
+    let session = Session::open(project, &[node.to_string()], &[], progress.clone())?;
     let report = session.plan()?;
     let Some(n) = report.nodes.iter().find(|n| n.id == node) else {
         return Err(UsageError::new(format!(
@@ -391,7 +396,7 @@ fn explain(cli: &Cli, project: Project, node: &str, progress: Progress) -> Resul
 }
 
 fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<i32> {
-    let session = Session::open(project, &[node.to_string()], &[], false, progress.clone())?;
+    let session = Session::open(project, &[node.to_string()], &[], progress.clone())?;
     let report = session.plan()?;
     let Some(n) = report.nodes.iter().find(|n| n.id == node) else {
         return Err(UsageError::new(format!("`{node}` is not a node id")).into());

@@ -134,13 +134,12 @@ pub struct NodePlan {
 }
 
 impl Session {
-    /// Loads and checks everything a command needs. `create_cache`: build creates `.ttv/`, the
-    /// read-only commands never do.
+    /// Loads and checks everything a command needs. Creates nothing: a project with a problem
+    /// is reported before `.ttv/` exists (a build creates it with [`Session::ensure_store`]).
     pub fn open(
         project: Project,
         targets: &[String],
         rerolls: &[String],
-        create_cache: bool,
         progress: Progress,
     ) -> Result<Session> {
         for note in &project.notes {
@@ -182,11 +181,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        let store = if create_cache {
-            Some(Arc::new(Store::open(&project.cache_dir())?))
-        } else {
-            Store::open_existing(&project.cache_dir())?.map(Arc::new)
-        };
+        let store = Store::open_existing(&project.cache_dir())?.map(Arc::new);
         let mut stats = StatCache::load(store.as_deref())?;
         let mut refs = Vec::new();
         if needs_frames {
@@ -244,6 +239,14 @@ impl Session {
             return Err(ProjectErrors(errors).into());
         }
         Ok(session)
+    }
+
+    /// Opens the cache, creating `.ttv/` if this is the project's first build.
+    pub fn ensure_store(&mut self) -> Result<()> {
+        if self.store.is_none() {
+            self.store = Some(Arc::new(Store::open(&self.project.cache_dir())?));
+        }
+        Ok(())
     }
 
     pub fn progress_info(&self, msg: &str) {

@@ -205,3 +205,15 @@ fn unknown_target() {
         p.listing()
     );
 }
+
+#[test]
+fn a_broken_project_that_was_never_built_gets_no_cache_folder() {
+    let p = Project::from_fixture("basic");
+    p.replace_in_yaml("duration_seconds: 1", "duration_seconds: 30");
+    let out = p.ttv(&["build"]);
+    out.code(2);
+    out.check(
+        !p.exists(".ttv") && !p.exists("build"),
+        "a failed first build creates neither .ttv/ nor build/",
+    );
+}
