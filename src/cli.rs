@@ -418,6 +418,13 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
         },
         None => store.actions_of_node(node)?,
     };
+    let file_of = |a: &crate::store::Action| {
+        let path = store.blobs.path_of(&a.blob);
+        path.strip_prefix(&session.project.root)
+            .unwrap_or(&path)
+            .display()
+            .to_string()
+    };
     let rows: Vec<_> = actions
         .iter()
         .map(|a| {
@@ -429,7 +436,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
                 "backend": a.backend,
                 "cost_usd": a.cost_usd,
                 "current": Some(&a.key) == current.as_ref(),
-                "file": store.blobs.path_of(&a.blob).strip_prefix(&session.project.root).map(|p| p.display().to_string()).unwrap_or_default(),
+                "file": file_of(a),
             })
         })
         .collect();
@@ -451,7 +458,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
             housekeeping::format_time(a.created_at),
             a.backend,
             a.cost_usd,
-            store.blobs.path_of(&a.blob).display()
+            file_of(a)
         ));
     }
     Ok(EXIT_OK)
