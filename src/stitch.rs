@@ -75,23 +75,20 @@ pub fn check_ffmpeg() -> Result<(), ProjectError> {
         .clone()
 }
 
+/// Looks the binaries up (as the shell would) without running them: `ttv plan` must stay fast,
+/// and a binary that is found but broken fails the first ffmpeg call with its own message.
 fn check_tools(ffmpeg: &OsStr, ffprobe: &OsStr) -> Result<(), ProjectError> {
     for (tool, bin) in [("ffmpeg", ffmpeg), ("ffprobe", ffprobe)] {
-        let ran = std::process::Command::new(bin)
-            .arg("-version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let problem = match ran {
-            Ok(status) if status.success() => continue,
-            Ok(status) => format!("`{} -version` failed ({status})", bin.display()),
-            Err(e) => format!("cannot run `{}`: {e}", bin.display()),
-        };
+        if find_executable(bin).is_some() {
+            continue;
+        }
         return Err(ProjectError::new(
             "ffmpeg",
             None,
-            format!("{tool} is needed for preview clips and the final video, and {problem}"),
+            format!(
+                "{tool} is needed for preview clips and the final video, and `{}` is not an executable on PATH",
+                bin.display()
+            ),
         )
         .help(format!(
             "install it: `sudo apt-get install -y ffmpeg` (Debian/Ubuntu) or \
@@ -100,6 +97,21 @@ fn check_tools(ffmpeg: &OsStr, ffprobe: &OsStr) -> Result<(), ProjectError> {
         )));
     }
     Ok(())
+}
+
+/// The executable `bin` names: a path if it has a slash, else the first match on PATH.
+fn find_executable(bin: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = Path::new(bin);
+    if path.components().count() > 1 {
+        return is_exe(path).then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(bin))
+        .find(|p| is_exe(p))
 }
 
 /// Concatenates `segments` (MP4 files, in order) into `out`, which appears whole or not at all.
