@@ -265,10 +265,7 @@ impl Tracker {
             Status::Cached => self.saved += report.cost_usd,
             _ => {}
         }
-        progress.set_message(format!(
-            "spent ${:.2}, saved ${:.2}",
-            self.spent, self.saved
-        ));
+        progress.set_message(|| format!("spent ${:.2}, saved ${:.2}", self.spent, self.saved));
         match report.status {
             Status::Generated => progress.finished(
                 &format!(

@@ -432,9 +432,11 @@ impl Session {
     pub fn plan_node(&self, i: usize, blobs: &HashMap<usize, String>) -> Result<NodePlan> {
         let body = self.recipe_body(i, blobs);
         let base = Recipe::new(body, 0);
+        let base_json = base.canonical_json();
+        let base_key = Recipe::key_at_take(&base_json, 0);
         let store = self.store.as_deref();
         let latest = match store {
-            Some(s) if base.is_generation() => s.latest_take(&base.base_key())?,
+            Some(s) if base.is_generation() => s.latest_take(&base_key)?,
             _ => None,
         };
         let latest_take = latest.as_ref().map(|a| a.take);
@@ -443,8 +445,8 @@ impl Session {
         } else {
             self.pinned_take(i).or(latest_take).unwrap_or(1)
         };
+        let key = Recipe::key_at_take(&base_json, take);
         let recipe = Recipe { take, ..base };
-        let key = recipe.key();
         let found = match store {
             // A forced derived node (final, start image) is made again; a rerolled generation
             // already has a new take, so a new key.

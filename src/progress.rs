@@ -102,9 +102,10 @@ impl Progress {
         }
     }
 
-    pub fn set_message(&self, msg: String) {
+    /// Sets the totals bar's message; `msg` is only called when a bar is drawn.
+    pub fn set_message(&self, msg: impl FnOnce() -> String) {
         if let Some(t) = &self.inner.total {
-            t.set_message(msg);
+            t.set_message(msg());
         }
     }
 

@@ -103,6 +103,20 @@ impl Recipe {
         .key()
     }
 
+    /// The key of this recipe at another take, from its canonical JSON at take 0 (the take is
+    /// the last field, so the two texts differ only there): one serialization serves the base
+    /// key and the key on the hot path of a no-op build.
+    pub fn key_at_take(base_json: &str, take: u32) -> String {
+        let prefix = base_json
+            .strip_suffix("0}")
+            .expect("canonical JSON at take 0 ends with the take");
+        let mut h = blake3::Hasher::new();
+        h.update(prefix.as_bytes());
+        h.update(take.to_string().as_bytes());
+        h.update(b"}");
+        h.finalize().to_hex().to_string()
+    }
+
     /// Whether this node costs money / calls a generator (an image from a file does not).
     pub fn is_generation(&self) -> bool {
         matches!(self.body, Body::Frame(_) | Body::Segment(_))
@@ -289,6 +303,15 @@ mod tests {
         b.take = 2;
         assert_ne!(a.key(), b.key());
         assert_eq!(a.base_key(), b.base_key());
+        let base_json = Recipe {
+            take: 0,
+            ..a.clone()
+        }
+        .canonical_json();
+        assert_eq!(Recipe::key_at_take(&base_json, 2), b.key());
+        assert_eq!(Recipe::key_at_take(&base_json, 0), a.base_key());
+        b.take = 117;
+        assert_eq!(Recipe::key_at_take(&base_json, 117), b.key());
     }
 
     #[test]
