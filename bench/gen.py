@@ -9,10 +9,11 @@
       standing for the prompts in ttv.yaml and copies of the references
   gen.py edit-end DIR SHOT
       rewrites one shot's end prompt in DIR/ttv.yaml
-  gen.py bound --shots N --cut-every K --latency-ms L --frame-jobs J --video-jobs J [--db FILE]
+  gen.py bound --shots N --cut-every K --latency-ms L --frame-jobs J --video-jobs J [--service FILE]
       the critical-path bound of a cold build (JSON)
   gen.py count-dirty FILE          dirty nodes in a `ttv --json plan` output
   gen.py count-generated FILE      generated nodes in a `ttv --json build` output
+  gen.py stamp OUT.json < `ttv -v build` output: when each node finished
   gen.py ids --shots N --at I      the id of shot I (0-based)
   gen.py report RESULTS_DIR OUT.md the summary table from the measurements
 """
@@ -25,9 +26,9 @@ import os
 import random
 import re
 import shutil
-import sqlite3
 import struct
 import sys
+import time
 
 
 def shot_ids(shots):
@@ -173,7 +174,7 @@ def graph(shots, cut_every):
 
 def simulate(nodes, duration, limits):
     """List scheduling, longest remaining path first, with a concurrency limit per kind.
-    Returns the makespan in seconds."""
+    Returns {node: finish time in seconds}."""
     deps = {n: d for n, _, d in nodes}
     kind = {n: k for n, k, _ in nodes}
     users = {n: [] for n, _, _ in nodes}
@@ -184,6 +185,7 @@ def simulate(nodes, duration, limits):
     for n, _, _ in reversed(nodes):
         tail[n] = duration[n] + max((tail[u] for u in users[n]), default=0.0)
     missing = {n: len(d) for n, d in deps.items()}
+    finish = {}
     ready = [(-tail[n], i, n) for i, (n, _, d) in enumerate(nodes) if not d]
     heapq.heapify(ready)
     running = []  # (finish, n)
@@ -206,12 +208,17 @@ def simulate(nodes, duration, limits):
         if not running:
             break
         now, n = heapq.heappop(running)
+        finish[n] = now
         busy[kind[n]] -= 1
         for u in users[n]:
             missing[u] -= 1
             if missing[u] == 0:
                 heapq.heappush(ready, (-tail[u], index[u], u))
-    return now
+    return finish
+
+
+def first_segment(finish):
+    return min(t for n, t in finish.items() if n.startswith("segment/"))
 
 
 def cmd_bound(a):
@@ -235,25 +242,47 @@ def cmd_bound(a):
         "segments": videos,
         "critical_path_s": max(depth.values()),
         "simple_bound_s": simple,
-        "schedule_s": simulate(nodes, nominal, limits),
+        "schedule_s": max(simulate(nodes, nominal, limits).values()),
     }
-    if a.db:
-        con = sqlite3.connect(f"file:{a.db}?mode=ro", uri=True)
-        rows = con.execute("SELECT node_id, gen_ms FROM actions").fetchall()
-        actual = {n: ms / 1000.0 for n, ms in rows}
-        missing = [n for n, _, _ in nodes if n not in actual]
+    if a.service:
+        # A serial build (-j 1) finishes one node after the other: the gap between two
+        # finishes is the later node's own time (preview drawing or ffmpeg, plus ttv's
+        # per-node work), which a real backend's latency would add to as well.
+        with open(a.service) as f:
+            finished = sorted(json.load(f).items(), key=lambda kv: kv[1])
+        own = {}
+        prev = 0.0
+        for n, t in finished:
+            own[n] = t - prev
+            prev = t
+        missing = [n for n, _, _ in nodes if n not in own]
         if missing:
-            sys.exit(f"no recorded generation for {missing[:3]}")
-        out["schedule_actual_s"] = simulate(nodes, actual, limits)
-        out["mean_overhead_ms"] = {
-            k: round(
-                1000
-                * sum(actual[n] - nominal[n] for n, kk, _ in nodes if kk == k)
-                / max(1, sum(1 for _, kk, _ in nodes if kk == k))
-            )
+            sys.exit(f"the serial build did not generate {missing[:3]}")
+        finish = simulate(nodes, {n: nominal[n] + own[n] for n, _, _ in nodes}, limits)
+        out["schedule_with_work_s"] = max(finish.values())
+        out["first_segment_s"] = first_segment(finish)
+        out["own_ms"] = {
+            k: round(1000 * sum(own[n] for n, kk, _ in nodes if kk == k)
+                     / max(1, sum(1 for _, kk, _ in nodes if kk == k)))
             for k in ("frame", "video", "final")
         }
+    if a.timeline:
+        with open(a.timeline) as f:
+            out["measured_first_segment_s"] = first_segment(json.load(f))
     print(json.dumps(out))
+
+
+def cmd_stamp(a):
+    """Reads `ttv -v build` output on stdin; writes {node: seconds since start} as each
+    `generated NODE` line arrives."""
+    t0 = time.monotonic()
+    done = {}
+    for line in sys.stdin:
+        m = re.match(r"\s*generated (\S+)", line)
+        if m:
+            done[m.group(1)] = time.monotonic() - t0
+    with open(a.out, "w") as f:
+        json.dump(done, f)
 
 
 def cmd_count(a, status):
@@ -331,18 +360,23 @@ def cmd_report(a):
         row(f"{label}, 1 s latency: vs critical-path bound", pm(cold),
             f"{fmt_s(bound['schedule_s'])} (preview work alone, latency 0: {fmt_s(zero[0])})",
             ratio, "≤ 1.05×", ratio <= 1.05)
-        act = bound["schedule_actual_s"]
-        ratio = cold[0] / act
-        o = bound["mean_overhead_ms"]
-        row(f"{label}: vs the same schedule with each node's recorded time",
+        work = bound["schedule_with_work_s"]
+        o = bound["own_ms"]
+        ratio = cold[0] / work
+        if "measured_first_segment_s" in bound:
+            notes.append(
+                f"{tag}: the first segment finished at {bound['measured_first_segment_s']:.2f} s "
+                f"in a timestamped run (`-v`); in the bound's schedule with own work, at "
+                f"{bound['first_segment_s']:.2f} s")
+        row(f"{label}, 1 s latency: vs the same bound with each node's own preview work added",
             fmt_s(cold[0]),
-            f"{fmt_s(act)} (mean per node beyond 1 s: frame {o['frame']} ms, "
-            f"segment {o['video']} ms; final {o['final']} ms)",
+            f"{fmt_s(work)} (own time per node, serial build: frame {o['frame']} ms, "
+            f"segment {o['video']} ms, final {o['final']} ms)",
             ratio, "≤ 1.05×", ratio <= 1.05)
 
     rss = num["e_rss_kib"] / 1024
     row(f"e. max RSS of a no-op `ttv build frames`, {int(num['e_shots'])} shots",
-        f"{rss:.1f} MiB (200 shots: {num['e_rss200_kib'] / 1024:.1f} MiB)",
+        f"{rss:.1f} MiB (no-op `build`, 200 shots: {num['e_rss200_kib'] / 1024:.1f} MiB)",
         f"ninja no-op: {num['e_ninja_rss_kib'] / 1024:.1f} MiB", rss / 64, "≤ 64 MiB",
         rss <= 64)
 
@@ -362,6 +396,9 @@ def cmd_report(a):
         f"the {int(num['e_shots'])}-shot `build frames` took {fmt_s(num['e_cold_s'])}",
         "- times are medians ± standard deviation of hyperfine runs; every ratio is of two "
         "medians measured in this run",
+        f"- c: the build that followed the plan generated exactly the nodes it listed: "
+        f"{m['c_plan_matches_build']}; its final video (stitching {int(num.get('shots', 200))} "
+        f"segments) took {fmt_s(num['c_final_s'])} after the last segment",
         f"- b: the blake3 pass with the image decode ttv also does on a re-read reference: "
         f"{pm(decoded)}",
     ]
@@ -397,10 +434,13 @@ def main():
     s.add_argument("--latency-ms", type=float, required=True)
     s.add_argument("--frame-jobs", type=int, required=True)
     s.add_argument("--video-jobs", type=int, required=True)
-    s.add_argument("--db")
+    s.add_argument("--service", help="JSON of node -> finish time of a serial build (stamp)")
+    s.add_argument("--timeline", help="JSON of node -> finish time of the measured build (stamp)")
     for name in ("count-dirty", "count-generated"):
         s = sub.add_parser(name)
         s.add_argument("file")
+    s = sub.add_parser("stamp")
+    s.add_argument("out")
     s = sub.add_parser("ids")
     s.add_argument("--shots", type=int, required=True)
     s.add_argument("--at", type=int, required=True)
@@ -420,6 +460,8 @@ def main():
         cmd_count(a, "dirty")
     elif a.cmd == "count-generated":
         cmd_count(a, "generated")
+    elif a.cmd == "stamp":
+        cmd_stamp(a)
     elif a.cmd == "ids":
         print(shot_ids(a.shots)[a.at])
     else:

@@ -108,7 +108,9 @@ put c_expected $((2 * (CUT - 1) + 1))
 hf -w "$WARMUP" -r "$RUNS" --export-json "$R/c-plan.json" \
   "$TTV -q -C $P plan" "ninja -C $N -n"
 # The plan's claim checked: the build generates exactly the nodes it listed.
-TTV_PREVIEW_LATENCY_MS=0 "$TTV" --json -C "$P" build >"$R/c-build.json"
+{ TTV_PREVIEW_LATENCY_MS=0 "$TTV" --json -v -C "$P" build 2>&1 1>&3 | $GEN stamp "$R/c-stamps.json"; } 3>"$R/c-build.json"
+# How long the final video took after its last segment: the stitch of all $SHOTS segments.
+put c_final_s "$(python3 -c "import json,sys; t=json.load(open(sys.argv[1])); print(round(t['final'] - max(v for k, v in t.items() if k.startswith('segment/')), 3))" "$R/c-stamps.json")"
 $GEN count-generated "$R/c-build.json" >"$R/c-generated.json"
 put c_plan_matches_build "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ids'] == json.load(open(sys.argv[2]))['ids'])" "$R/c-dirty.json" "$R/c-generated.json")"
 
@@ -120,11 +122,15 @@ for variant in d:5 d2:2; do
   reset="rm -rf $Q/.ttv $Q/build"
   hf -w "$D_WARMUP" -r "$D_RUNS" --prepare "$reset" --export-json "$R/$tag-cold0.json" \
     "env TTV_PREVIEW_LATENCY_MS=0 $TTV -q -C $Q build"
-  # Last, so that the cache left behind records this build's per-node times.
   hf -w "$D_WARMUP" -r "$D_RUNS" --prepare "$reset" --export-json "$R/$tag-cold.json" \
     "env TTV_PREVIEW_LATENCY_MS=1000 $TTV -q -C $Q build"
+  $reset
+  TTV_PREVIEW_LATENCY_MS=0 "$TTV" -v -C "$Q" build -j 1 2>&1 >/dev/null | $GEN stamp "$R/$tag-serial.json"
+  # One more latency build with every node's finish time, to see when the segments began.
+  $reset
+  TTV_PREVIEW_LATENCY_MS=1000 "$TTV" -v -C "$Q" build 2>&1 >/dev/null | $GEN stamp "$R/$tag-timeline.json"
   $GEN bound --shots 20 --cut-every "$cut" --latency-ms 1000 --frame-jobs 4 --video-jobs 2 \
-    --db "$Q/.ttv/ttv.db" >"$R/$tag-bound.json"
+    --service "$R/$tag-serial.json" --timeline "$R/$tag-timeline.json" >"$R/$tag-bound.json"
   cat "$R/$tag-bound.json" >&2
 done
 
@@ -147,7 +153,7 @@ max_rss() {
 put e_shots "$E_SHOTS"
 put e_rss_kib "$(max_rss "$TTV" -q -C "$E" build frames)"
 put e_ninja_rss_kib "$(max_rss ninja -C "$NE")"
-put e_rss200_kib "$(max_rss "$TTV" -q -C "$P" build frames)"
+put e_rss200_kib "$(max_rss "$TTV" -q -C "$P" build)"
 
 put load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
 mkdir -p "$BENCH/results"
