@@ -404,7 +404,12 @@ impl Runner {
             _ => None,
         };
         let _permits = match backend_jobs {
-            Some(jobs) => Some((self.global.acquire().await?, jobs.acquire().await?)),
+            // The backend's slot first: a frame queued for a frame slot must not hold a global
+            // slot that a ready segment could use.
+            Some(jobs) => {
+                let backend = jobs.acquire().await?;
+                Some((backend, self.global.acquire().await?))
+            }
             None => None,
         };
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {

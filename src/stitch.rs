@@ -124,9 +124,10 @@ pub async fn stitch(
     if segments.is_empty() {
         bail!("there are no segments to stitch");
     }
+    // A few ffprobe processes at a time: a 200-segment final should not wait for 200 in a row.
     let mut probes = Vec::with_capacity(segments.len());
-    for segment in segments {
-        probes.push(probe(segment).await?);
+    for chunk in segments.chunks(8) {
+        probes.extend(futures::future::try_join_all(chunk.iter().map(|s| probe(s))).await?);
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
