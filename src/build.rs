@@ -688,12 +688,11 @@ impl Runner {
                 blob: n.blob.clone().unwrap_or_default(),
                 take: n.take.unwrap_or(1),
                 backend: n.backend.clone().unwrap_or_default(),
-                model: String::new(),
                 cost_usd: n.cost_usd,
             })
             .collect();
         let name = s.project.config.name.clone().unwrap_or_default();
-        write_manifest(&s.project.root, &name, &entries).context("writing build/manifest.json")?;
+        write_manifest(&s.project.root, &name, entries).context("writing build/manifest.json")?;
         if report.generated + report.failed > 0 {
             self.store.record_build(&BuildRecord {
                 started_at,

@@ -2,12 +2,13 @@
 //! manifest.json saying what each file is. build/ is disposable: it is re-made from the cache
 //! with zero generations.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::filehash::StatCache;
 use crate::store::hash_file;
@@ -81,7 +82,8 @@ impl<'a> Materializer<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// What one file in build/ is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestEntry {
     pub node: String,
     pub output: String,
@@ -89,24 +91,45 @@ pub struct ManifestEntry {
     pub blob: String,
     pub take: u32,
     pub backend: String,
-    pub model: String,
     pub cost_usd: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct Manifest<'a> {
-    project: &'a str,
-    outputs: &'a [ManifestEntry],
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    project: String,
+    outputs: Vec<ManifestEntry>,
 }
 
-/// Writes build/manifest.json atomically (unchanged content is not rewritten).
-pub fn write_manifest(root: &Path, project: &str, outputs: &[ManifestEntry]) -> Result<()> {
+/// Writes build/manifest.json atomically: this build's outputs, plus the entries of earlier
+/// builds for other nodes whose files are still there (`ttv build frames` after a full build
+/// keeps the segments listed). Unchanged content is not rewritten.
+pub fn write_manifest(root: &Path, project: &str, outputs: Vec<ManifestEntry>) -> Result<()> {
     let dir = root.join(BUILD_DIR);
     fs::create_dir_all(&dir)?;
     let path = dir.join("manifest.json");
-    let mut text = serde_json::to_string_pretty(&Manifest { project, outputs })?;
+    let old_text = fs::read_to_string(&path).ok();
+    let mut by_node: BTreeMap<String, ManifestEntry> = BTreeMap::new();
+    if let Some(old) = old_text
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Manifest>(t).ok())
+    {
+        for e in old.outputs {
+            by_node.insert(e.node.clone(), e);
+        }
+    }
+    let built: HashSet<String> = outputs.iter().map(|e| e.node.clone()).collect();
+    by_node.retain(|node, e| built.contains(node) || root.join(&e.output).exists());
+    for e in outputs {
+        by_node.insert(e.node.clone(), e);
+    }
+    let mut outputs: Vec<ManifestEntry> = by_node.into_values().collect();
+    outputs.sort_by(|a, b| a.output.cmp(&b.output));
+    let mut text = serde_json::to_string_pretty(&Manifest {
+        project: project.to_string(),
+        outputs,
+    })?;
     text.push('\n');
-    if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+    if old_text.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
     let tmp = dir.join(".manifest.json.tmp");

@@ -697,3 +697,34 @@ fn init_writes_a_starter_project_once() {
     p.ttv(&["init"]).code(2).stderr_contains("ttv.yaml");
     assert_eq!(p.read("ttv.yaml"), yaml, "init never overwrites ttv.yaml");
 }
+
+#[test]
+fn the_manifest_describes_every_output_in_build_even_after_a_partial_build() {
+    let p = basic();
+    let full = p.build_json(&[]);
+    p.build_json(&["frames"]);
+    let manifest: Value =
+        serde_json::from_str(&p.read("build/manifest.json")).expect("manifest.json is JSON");
+    let listed: BTreeSet<(String, String)> = manifest["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|e| {
+            (
+                str_field(e, "node").to_string(),
+                str_field(e, "blob").to_string(),
+            )
+        })
+        .collect();
+    for (id, n) in nodes(&full) {
+        assert!(
+            listed.contains(&(id.clone(), str_field(&n, "blob").to_string())),
+            "{id} missing from the manifest: {manifest:#}"
+        );
+    }
+    // `build frames` also made the frames no segment uses; they are listed too.
+    assert!(
+        listed.iter().any(|(id, _)| id == "frame/dream/end"),
+        "{manifest:#}"
+    );
+}
