@@ -221,7 +221,7 @@ impl Store {
         let conn = Connection::open(&db_path)
             .with_context(|| format!("opening the cache database {}", db_path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&conn).with_context(|| format!("in {}", db_path.display()))?;
         Ok(Store {
@@ -493,22 +493,66 @@ fn action_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Action> {
     })
 }
 
+/// Switches a new database to WAL (the mode is kept in the file, so later opens only read it).
+/// SQLite answers BUSY at once, without the busy handler, when two connections switch a fresh
+/// file together, so the switch is retried here for as long as the busy timeout.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mode =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0));
+        match mode {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn migrate(conn: &Connection) -> Result<()> {
-    let has_table: bool = conn.query_row(
+    if !has_schema(conn)? {
+        // Two processes can open a fresh cache at the same moment (the build lock is taken
+        // after the store opens): the write lock of BEGIN IMMEDIATE makes the second one wait,
+        // and it then finds the schema the first one made instead of creating it again.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let created = create_schema(conn);
+        conn.execute_batch(if created.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })?;
+        created?;
+    }
+    check_schema(conn)
+}
+
+fn has_schema(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
         [],
         |r| r.get(0),
-    )?;
-    if !has_table {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute(
+    )?)
+}
+
+/// Inside the write transaction of [`migrate`]: creates the schema unless another process
+/// made it while this one waited for the lock.
+fn create_schema(conn: &Connection) -> Result<()> {
+    if !has_schema(conn)? {
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
             "INSERT INTO schema_version(signature, version) VALUES (?1, ?2)",
             params![SIGNATURE, SCHEMA_VERSION],
         )?;
-        tx.commit()?;
-        return Ok(());
     }
+    Ok(())
+}
+
+fn check_schema(conn: &Connection) -> Result<()> {
     let (sig, version): (String, i64) =
         conn.query_row("SELECT signature, version FROM schema_version", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -584,5 +628,40 @@ impl BuildLock {
             }
         }
         Ok(BuildLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two `ttv build`s started together both open a cache that does not exist yet; the
+    /// build lock comes later, so the schema must be made once without either failing.
+    #[test]
+    fn many_openers_of_a_fresh_cache_make_the_schema_once() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = dir.path().join(".ttv");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Store::open(&cache).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap().unwrap();
+                }
+            });
+            let store = Store::open(&cache).unwrap();
+            let rows: i64 = store
+                .conn()
+                .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 1);
+        }
     }
 }
