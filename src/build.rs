@@ -370,7 +370,7 @@ impl Runner {
         };
         let mat = Materializer::new(&s.project.root, &s.stats);
         let path = self.store.blobs.path_of(&hit.blob);
-        if mat.place(&node.output, &path, &hit.blob)? == Placed::CorruptBlob {
+        if !plan.in_build && mat.place(&node.output, &path, &hit.blob)? == Placed::CorruptBlob {
             s.progress.warn(&format!(
                 "{}: cached blob {} is damaged; making it again",
                 node.id,
@@ -434,7 +434,6 @@ impl Runner {
             base_key: plan.recipe.base_key(),
             node_kind: node.kind_name().into(),
             node_id: node.id.clone(),
-            recipe_json: plan.recipe.canonical_json(),
             blob: p.blob.clone(),
             media_type: p.media_type.into(),
             backend: p.backend,
@@ -447,7 +446,8 @@ impl Runner {
         };
         // The result is durable (blob in place, row committed) before anything else is done
         // with it: a crash after this line never loses a paid generation.
-        self.store.record_action(&action)?;
+        self.store
+            .record_action(&action, &plan.recipe.canonical_json())?;
         self.store.clear(&plan.key)?;
         let path = self.store.blobs.path_of(&p.blob);
         if mat.place(&node.output, &path, &p.blob)? == Placed::CorruptBlob {

@@ -38,19 +38,24 @@ impl<'a> Materializer<'a> {
         }
     }
 
+    /// True when `build/<rel>` already holds the blob named `hash`: one stat compared with the
+    /// stat cache row written when it was placed, no read.
+    pub fn is_current(&self, rel: &Path, hash: &str) -> bool {
+        let rel_key = build_rel(rel);
+        let Ok(meta) = fs::metadata(self.root.join(&rel_key)) else {
+            return false;
+        };
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.lookup(&rel_key, &meta) == Some(hash)
+    }
+
     /// Makes `build/<rel>` hold the blob at `blob_path` (named `hash`).
     pub fn place(&self, rel: &Path, blob_path: &Path, hash: &str) -> Result<Placed> {
-        let rel_key = Path::new(BUILD_DIR)
-            .join(rel)
-            .to_string_lossy()
-            .into_owned();
-        let dest = self.root.join(&rel_key);
-        if let Ok(meta) = fs::metadata(&dest) {
-            let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            if stats.lookup(&rel_key, &meta) == Some(hash) {
-                return Ok(Placed::UpToDate);
-            }
+        if self.is_current(rel, hash) {
+            return Ok(Placed::UpToDate);
         }
+        let rel_key = build_rel(rel);
+        let dest = self.root.join(&rel_key);
         // A blob is checked against its name before it is shown to the user: a corrupt cache
         // entry must become a miss, never a wrong output.
         let (actual, _) =
@@ -80,6 +85,14 @@ impl<'a> Materializer<'a> {
             .record(&rel_key, &meta, hash);
         Ok(Placed::Written)
     }
+}
+
+/// `build/<rel>` as the stat cache names it.
+fn build_rel(rel: &Path) -> String {
+    Path::new(BUILD_DIR)
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// What one file in build/ is.

@@ -12,11 +12,13 @@ use crate::backends::{self, FrameGenerator, VideoBackend, VideoParams};
 use crate::error::{ProjectError, ProjectErrors, UsageError};
 use crate::filehash::StatCache;
 use crate::graph::{FrameRole, Graph, NodeKind};
-use crate::materialize::BUILD_DIR;
+use crate::materialize::{BUILD_DIR, Materializer};
 use crate::prices::PriceTable;
 use crate::progress::Progress;
 use crate::project::Project;
-use crate::recipe::{self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe};
+use crate::recipe::{
+    self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
+};
 use crate::stitch;
 use crate::store::{Action, BlobStore, Store};
 
@@ -131,6 +133,9 @@ pub struct NodePlan {
     pub take: u32,
     /// The usable cached result, if any.
     pub hit: Option<Action>,
+    /// build/ already holds the hit's bytes (by stat against the stat cache): nothing to place,
+    /// and the blob was not looked at.
+    pub in_build: bool,
 }
 
 impl Session {
@@ -433,7 +438,8 @@ impl Session {
         let body = self.recipe_body(i, blobs);
         let base = Recipe::new(body, 0);
         let base_json = base.canonical_json();
-        let base_key = Recipe::key_at_take(&base_json, 0);
+        let keys = TakeKeys::new(&base_json);
+        let base_key = keys.at(0);
         let store = self.store.as_deref();
         let latest = match store {
             Some(s) if base.is_generation() => s.latest_take(&base_key)?,
@@ -445,7 +451,7 @@ impl Session {
         } else {
             self.pinned_take(i).or(latest_take).unwrap_or(1)
         };
-        let key = Recipe::key_at_take(&base_json, take);
+        let key = keys.at(take);
         let recipe = Recipe { take, ..base };
         let found = match store {
             // A forced derived node (final, start image) is made again; a rerolled generation
@@ -458,12 +464,21 @@ impl Session {
             }
             _ => None,
         };
+        // The output in build/ being this blob (one stat) proves the bytes are at hand; only
+        // otherwise is the blob itself looked for. (`ttv verify` checks every blob.)
+        let node = &self.graph.nodes[i];
+        let in_build = found.as_ref().is_some_and(|a| {
+            a.size > 0
+                && Materializer::new(&self.project.root, &self.stats)
+                    .is_current(&node.output, &a.blob)
+        });
         let hit = match (found, store) {
+            (Some(a), _) if in_build => Some(a),
             (Some(a), Some(s)) if a.size > 0 && s.blobs.get(&a.blob, a.size).is_some() => Some(a),
             (Some(a), _) => {
                 self.progress.warn(&format!(
                     "{}: cached output {} is missing or damaged in .ttv/objects; it will be made again",
-                    self.graph.nodes[i].id,
+                    node.id,
                     &a.blob[..12]
                 ));
                 None
@@ -475,6 +490,7 @@ impl Session {
             key,
             take,
             hit,
+            in_build,
         })
     }
 
@@ -497,8 +513,8 @@ impl Session {
         let before = self
             .store
             .as_deref()
-            .and_then(|s| s.action(last_key).ok().flatten())
-            .and_then(|a| serde_json::from_str::<Recipe>(&a.recipe_json).ok());
+            .and_then(|s| s.recipe_json(last_key).ok().flatten())
+            .and_then(|json| serde_json::from_str::<Recipe>(&json).ok());
         let Some(before) = before else {
             return vec!["the recipe of its last build is no longer in the cache".into()];
         };

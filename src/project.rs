@@ -321,8 +321,9 @@ impl Project {
                 .into());
             }
         };
-        let config: Config =
-            serde_saphyr::from_str(&source).map_err(|e| yaml::config_error(&source, &e))?;
+        let options = serde_saphyr::options! { emit_comments: false };
+        let config: Config = serde_saphyr::from_str_with_options(&source, options)
+            .map_err(|e| yaml::config_error(&source, &e))?;
         let mut project = Project {
             root,
             config,

@@ -73,6 +73,28 @@ pub struct Recipe {
     pub take: u32,
 }
 
+/// The keys of one recipe at any take, with the text before the take hashed once (see
+/// [`Recipe::key_at_take`]).
+pub struct TakeKeys(blake3::Hasher);
+
+impl TakeKeys {
+    pub fn new(base_json: &str) -> Self {
+        let prefix = base_json
+            .strip_suffix("0}")
+            .expect("canonical JSON at take 0 ends with the take");
+        let mut h = blake3::Hasher::new();
+        h.update(prefix.as_bytes());
+        TakeKeys(h)
+    }
+
+    pub fn at(&self, take: u32) -> String {
+        let mut h = self.0.clone();
+        h.update(take.to_string().as_bytes());
+        h.update(b"}");
+        h.finalize().to_hex().to_string()
+    }
+}
+
 impl Recipe {
     pub fn new(body: Body, take: u32) -> Recipe {
         Recipe {
@@ -107,14 +129,7 @@ impl Recipe {
     /// the last field, so the two texts differ only there): one serialization serves the base
     /// key and the key on the hot path of a no-op build.
     pub fn key_at_take(base_json: &str, take: u32) -> String {
-        let prefix = base_json
-            .strip_suffix("0}")
-            .expect("canonical JSON at take 0 ends with the take");
-        let mut h = blake3::Hasher::new();
-        h.update(prefix.as_bytes());
-        h.update(take.to_string().as_bytes());
-        h.update(b"}");
-        h.finalize().to_hex().to_string()
+        TakeKeys::new(base_json).at(take)
     }
 
     /// Whether this node costs money / calls a generator (an image from a file does not).
