@@ -368,9 +368,13 @@ impl Runner {
         let Some(hit) = plan.hit.clone() else {
             return Ok(None);
         };
-        let mat = Materializer::new(&s.project.root, &s.stats);
-        let path = self.store.blobs.path_of(&hit.blob);
-        if !plan.in_build && mat.place(&node.output, &path, &hit.blob)? == Placed::CorruptBlob {
+        if !plan.in_build
+            && Materializer::new(&s.project.root, &s.stats).place(
+                &node.output,
+                &self.store.blobs.path_of(&hit.blob),
+                &hit.blob,
+            )? == Placed::CorruptBlob
+        {
             s.progress.warn(&format!(
                 "{}: cached blob {} is damaged; making it again",
                 node.id,
@@ -678,7 +682,6 @@ impl Runner {
             })
             .collect();
         self.store.set_node_keys(&keys)?;
-        s.save_stats()?;
         let entries: Vec<ManifestEntry> = done
             .iter()
             .map(|n| ManifestEntry {
@@ -692,7 +695,9 @@ impl Runner {
             })
             .collect();
         let name = s.project.config.name.clone().unwrap_or_default();
-        write_manifest(&s.project.root, &name, entries).context("writing build/manifest.json")?;
+        write_manifest(&s.project.root, &name, entries, &s.stats)
+            .context("writing build/manifest.json")?;
+        s.save_stats()?;
         if report.generated + report.failed > 0 {
             self.store.record_build(&BuildRecord {
                 started_at,

@@ -220,6 +220,7 @@ fn run_build(
         preview = session.plan()?;
         session.check_tools(&preview)?;
     }
+    session.project.keep_parsed();
     let dirty = preview
         .nodes
         .iter()

@@ -14,6 +14,7 @@ use crate::filehash::StatCache;
 use crate::store::hash_file;
 
 pub const BUILD_DIR: &str = "build";
+const MANIFEST: &str = "manifest.json";
 
 /// What happened to one output file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,13 +114,31 @@ struct Manifest {
     outputs: Vec<ManifestEntry>,
 }
 
-/// Writes build/manifest.json atomically: this build's outputs, plus the entries of earlier
-/// builds for other nodes whose files are still there (`ttv build frames` after a full build
-/// keeps the segments listed). Unchanged content is not rewritten.
-pub fn write_manifest(root: &Path, project: &str, outputs: Vec<ManifestEntry>) -> Result<()> {
+/// Writes build/manifest.json: this build's `outputs`, plus the entries of earlier builds whose
+/// files are still in build/.
+///
+/// The stat-cache row of manifest.json holds a digest of the entries it was written from (not a
+/// hash of its bytes), kept only when the file lists nothing else: while the file is unchanged
+/// and the digest is this build's, it is exactly what would be written, and is left alone
+/// without being read, merged and serialized again (a tenth of a no-op build).
+pub fn write_manifest(
+    root: &Path,
+    project: &str,
+    mut outputs: Vec<ManifestEntry>,
+    stats: &Mutex<StatCache>,
+) -> Result<()> {
     let dir = root.join(BUILD_DIR);
+    let path = dir.join(MANIFEST);
+    let rel = build_rel(Path::new(MANIFEST));
+    outputs.sort_by(|a, b| a.output.cmp(&b.output));
+    let digest = entries_digest(project, &outputs);
+    let lock = || stats.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(meta) = fs::metadata(&path)
+        && lock().lookup(&rel, &meta) == Some(digest.as_str())
+    {
+        return Ok(());
+    }
     fs::create_dir_all(&dir)?;
-    let path = dir.join("manifest.json");
     let old_text = fs::read_to_string(&path).ok();
     let mut by_node: BTreeMap<String, ManifestEntry> = BTreeMap::new();
     if let Some(old) = old_text
@@ -132,6 +151,7 @@ pub fn write_manifest(root: &Path, project: &str, outputs: Vec<ManifestEntry>) -
     }
     let built: HashSet<String> = outputs.iter().map(|e| e.node.clone()).collect();
     by_node.retain(|node, e| built.contains(node) || root.join(&e.output).exists());
+    let only_these = by_node.keys().all(|node| built.contains(node));
     for e in outputs {
         by_node.insert(e.node.clone(), e);
     }
@@ -142,11 +162,121 @@ pub fn write_manifest(root: &Path, project: &str, outputs: Vec<ManifestEntry>) -
         outputs,
     })?;
     text.push('\n');
-    if old_text.as_deref() == Some(text.as_str()) {
-        return Ok(());
+    if old_text.as_deref() != Some(text.as_str()) {
+        let tmp = dir.join(".manifest.json.tmp");
+        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     }
-    let tmp = dir.join(".manifest.json.tmp");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    if only_these {
+        lock().record(&rel, &fs::metadata(&path)?, &digest);
+    }
     Ok(())
+}
+
+/// A digest of what a manifest is written from (see [`write_manifest`]).
+fn entries_digest(project: &str, outputs: &[ManifestEntry]) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"ttv manifest entries 1");
+    field(project.as_bytes());
+    for e in outputs {
+        for s in [&e.node, &e.output, &e.key, &e.blob, &e.backend] {
+            field(s.as_bytes());
+        }
+        field(&e.take.to_le_bytes());
+        field(&e.cost_usd.to_bits().to_le_bytes());
+    }
+    format!("entries:{}", h.finalize().to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn entry(node: &str, take: u32) -> ManifestEntry {
+        ManifestEntry {
+            node: node.into(),
+            output: format!("build/{node}.png"),
+            key: format!("key-{node}-{take}"),
+            blob: format!("blob-{node}"),
+            take,
+            backend: "preview".into(),
+            cost_usd: 0.04,
+        }
+    }
+
+    fn listed(root: &Path) -> Vec<(String, u32)> {
+        let text = fs::read_to_string(root.join("build/manifest.json")).unwrap();
+        let m: Manifest = serde_json::from_str(&text).unwrap();
+        m.outputs.into_iter().map(|e| (e.node, e.take)).collect()
+    }
+
+    /// Makes the stat-cache row of manifest.json one the next call trusts (outside the racy
+    /// second), as it is for a no-op build a second or more after the last change.
+    fn settle(root: &Path, project: &str, outputs: &[ManifestEntry], stats: &Mutex<StatCache>) {
+        let path = root.join("build/manifest.json");
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        write_manifest(root, project, outputs.to_vec(), stats).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        let stats = stats.lock().unwrap();
+        assert!(
+            stats.lookup("build/manifest.json", &meta).is_some(),
+            "the row is trusted now"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_manifest_is_kept_and_any_change_still_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let stats = Mutex::new(StatCache::default());
+        let all = vec![entry("a", 1), entry("b", 1)];
+        write_manifest(root, "p", all.clone(), &stats).unwrap();
+        settle(root, "p", &all, &stats);
+        let path = root.join("build/manifest.json");
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        write_manifest(root, "p", all.clone(), &stats).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        // Not even read: the same size and mtime in place (what the stat cache trusts, as for
+        // every input) stand for the same entries.
+        let text = fs::read(&path).unwrap();
+        let file = fs::File::options().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &file, &vec![b' '; text.len()]).unwrap();
+        file.set_modified(before).unwrap();
+        write_manifest(root, "p", all.clone(), &stats).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), vec![b' '; text.len()]);
+        fs::write(&path, &text).unwrap();
+
+        // A new take of the same bytes: the entry changes, so the file does.
+        let rerolled = vec![entry("a", 2), entry("b", 1)];
+        write_manifest(root, "p", rerolled.clone(), &stats).unwrap();
+        assert_eq!(listed(root), vec![("a".into(), 2), ("b".into(), 1)]);
+
+        // Edited by hand: written again, whole.
+        settle(root, "p", &rerolled, &stats);
+        fs::write(&path, "{}").unwrap();
+        write_manifest(root, "p", rerolled.clone(), &stats).unwrap();
+        assert_eq!(listed(root), vec![("a".into(), 2), ("b".into(), 1)]);
+
+        // A build of fewer nodes keeps the others listed while their files exist.
+        settle(root, "p", &rerolled, &stats);
+        fs::write(root.join("build/b.png"), "b").unwrap();
+        write_manifest(root, "p", vec![entry("a", 2)], &stats).unwrap();
+        assert_eq!(listed(root), vec![("a".into(), 2), ("b".into(), 1)]);
+        // ...and from then on the row is not kept (the file lists more than the build), so
+        // once b's file is gone the next build drops it.
+        fs::remove_file(root.join("build/b.png")).unwrap();
+        write_manifest(root, "p", vec![entry("a", 2)], &stats).unwrap();
+        assert_eq!(listed(root), vec![("a".into(), 2)]);
+    }
 }

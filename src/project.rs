@@ -1,6 +1,7 @@
 //! The project folder and its ttv.yaml (schema version 1, DESIGN.md §2): parsing, defaults,
 //! and every check that can be made before any work starts.
 
+mod parsed;
 mod yaml;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +16,8 @@ use crate::error::{ProjectError, ProjectErrors};
 use crate::secret::Secret;
 
 pub const CONFIG_FILE: &str = "ttv.yaml";
+/// The project's cache folder.
+pub const CACHE_DIR: &str = ".ttv";
 /// Extensions of reference images, lower case. Other files in references/ are skipped with a note.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp"];
 
@@ -260,6 +263,9 @@ pub struct Project {
     pub notes: Vec<String>,
     /// Where each setting stands in ttv.yaml, for errors found after loading.
     lines: LineIndex,
+    /// What ttv.yaml's parsed copy in `.ttv/` is made from, when this run parsed the YAML and
+    /// may keep one (see [`Project::keep_parsed`]).
+    unsaved_parse: Option<parsed::Stamp>,
 }
 
 /// Maps a dotted setting path (`video.duration_seconds`, `shots.2.motion`, `shots.2`) to its
@@ -321,15 +327,26 @@ impl Project {
                 .into());
             }
         };
-        let options = serde_saphyr::options! { emit_comments: false };
-        let config: Config = serde_saphyr::from_str_with_options(&source, options)
-            .map_err(|e| yaml::config_error(&source, &e))?;
+        let stamp = parsed::Stamp::new(&source);
+        let cached = stamp
+            .as_ref()
+            .and_then(|s| parsed::load(&root.join(CACHE_DIR), s));
+        let (config, unsaved_parse) = match cached {
+            Some(config) => (config, None),
+            None => {
+                let options = serde_saphyr::options! { emit_comments: false };
+                let config: Config = serde_saphyr::from_str_with_options(&source, options)
+                    .map_err(|e| yaml::config_error(&source, &e))?;
+                (config, stamp)
+            }
+        };
         let mut project = Project {
             root,
             config,
             references: Vec::new(),
             notes: Vec::new(),
             lines: LineIndex::new(source),
+            unsaved_parse,
         };
         let mut errors = project.check_settings();
         errors.extend(project.check_shots());
@@ -373,7 +390,15 @@ impl Project {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.root.join(".ttv")
+        self.root.join(CACHE_DIR)
+    }
+
+    /// Keeps the parsed ttv.yaml in the cache for the next run, if this run parsed it (a build
+    /// calls this once `.ttv/` exists). Best effort: a run without the copy only parses again.
+    pub fn keep_parsed(&mut self) {
+        if let Some(stamp) = self.unsaved_parse.take() {
+            let _ = parsed::save(&self.cache_dir(), &stamp, &self.config);
+        }
     }
 }
 
@@ -969,6 +994,39 @@ mod tests {
 
     fn help(e: &ProjectError) -> &str {
         e.help.as_deref().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_parsed_copy_serves_the_same_text_only_and_never_holds_a_key() {
+        let yaml = format!(
+            "version: 1\nname: demo\nprices:\n  veo-3.0-generate-001:\n    per_second: 0.1\n{SHOTS}"
+        );
+        let dir = folder(&yaml);
+        std::fs::create_dir_all(dir.path().join(".ttv/tmp")).unwrap();
+        let mut first = Project::load(dir.path()).unwrap();
+        assert!(first.unsaved_parse.is_some(), "parsed from YAML");
+        first.keep_parsed();
+        let copy = dir.path().join(".ttv/ttv.yaml.json");
+        assert!(copy.exists());
+
+        let again = Project::load(dir.path()).unwrap();
+        assert!(again.unsaved_parse.is_none(), "read from the copy");
+        assert_eq!(again.config, first.config);
+
+        std::fs::write(dir.path().join(CONFIG_FILE), yaml.replace("demo", "other")).unwrap();
+        let edited = Project::load(dir.path()).unwrap();
+        assert!(edited.unsaved_parse.is_some(), "an edit is parsed again");
+        assert_eq!(edited.config.name.as_deref(), Some("other"));
+
+        std::fs::remove_file(&copy).unwrap();
+        let keyed = yaml.replace(
+            "name: demo",
+            "name: demo\nkeyframes:\n  api_key: AIzaSECRETKEY1",
+        );
+        std::fs::write(dir.path().join(CONFIG_FILE), keyed).unwrap();
+        let mut with_key = Project::load(dir.path()).unwrap();
+        with_key.keep_parsed();
+        assert!(!copy.exists(), "a config holding a key is not copied");
     }
 
     #[test]
