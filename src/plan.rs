@@ -141,6 +141,8 @@ pub struct NodePlan {
 impl Session {
     /// Loads and checks everything a command needs. Creates nothing: a project with a problem
     /// is reported before `.ttv/` exists (a build creates it with [`Session::ensure_store`]).
+    /// In a project that has a cache and no problem, a newly parsed ttv.yaml is kept there for
+    /// the next run (`ttv plan` after an edit, then the build).
     pub fn open(
         project: Project,
         targets: &[String],
@@ -222,7 +224,7 @@ impl Session {
             Some(s) => s.node_keys()?,
             None => HashMap::new(),
         };
-        let session = Session {
+        let mut session = Session {
             prices: PriceTable::new(&project.config.prices),
             project,
             graph,
@@ -242,6 +244,9 @@ impl Session {
         if !errors.is_empty() {
             errors.dedup();
             return Err(ProjectErrors(errors).into());
+        }
+        if session.store.is_some() {
+            session.project.keep_parsed();
         }
         Ok(session)
     }
