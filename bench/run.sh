@@ -9,10 +9,13 @@ BENCH=$ROOT/bench
 GEN="python3 $BENCH/gen.py"
 
 MODE=full
-SHOTS=200 CUT=10 REFS=10 REF_MIB=${BENCH_REF_MIB:-10} WARMUP=3 RUNS=10
+# RUNS for the millisecond measurements (a, b, c): the cores are shared, and hyperfine runs one
+# command's runs before the other's, so a burst of load can land on one side; 30 runs a side
+# keep the medians steady.
+SHOTS=200 CUT=10 REFS=10 REF_MIB=${BENCH_REF_MIB:-10} WARMUP=3 RUNS=30
 D_WARMUP=1 D_RUNS=3 E_SHOTS=1000
 case "${1:-}" in
-  --quick) MODE=quick REF_MIB=${BENCH_REF_MIB:-1} RUNS=5 D_WARMUP=0 D_RUNS=1 E_SHOTS=300 ;;
+  --quick) MODE=quick REF_MIB=${BENCH_REF_MIB:-1} RUNS=10 D_WARMUP=0 D_RUNS=1 E_SHOTS=300 ;;
   "") ;;
   *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
 esac
