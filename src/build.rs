@@ -17,7 +17,7 @@ use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
 use crate::plan::{NodePlan, NodeReport, Report, Session, Status, output_path};
 use crate::recipe::{Body, FrameRecipe};
 use crate::stitch;
-use crate::store::{Action, BlobStore, BuildRecord, Store, now_secs};
+use crate::store::{Action, BlobStore, BuildRecord, Hit, Store, now_secs};
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -45,11 +45,11 @@ fn mime_of(path: &Path) -> &'static str {
 /// How one node ended in a build.
 #[derive(Debug)]
 enum Outcome {
-    /// Generated or cached: `action` is its result.
+    /// Generated or cached: `result` is what it made (or found).
     Done {
         status: Status,
         plan: Box<NodePlan>,
-        action: Box<Action>,
+        result: Box<Hit>,
     },
     Failed {
         plan: Option<Box<NodePlan>>,
@@ -226,9 +226,9 @@ impl Tracker {
             Outcome::Done {
                 status,
                 plan,
-                action,
+                result,
             } => {
-                self.blobs.insert(i, action.blob.clone());
+                self.blobs.insert(i, result.blob.clone());
                 for &d in &s.graph.dependents[i] {
                     if let Some(w) = self.waiting.get_mut(&d) {
                         *w -= 1;
@@ -247,12 +247,12 @@ impl Tracker {
                     kind: node.kind_name(),
                     status,
                     key: Some(plan.key),
-                    blob: Some(action.blob),
+                    blob: Some(result.blob),
                     output: Some(output_path(&node.output)),
                     reasons,
                     take: Some(plan.take),
-                    backend: Some(action.backend),
-                    cost_usd: action.cost_usd,
+                    backend: Some(result.backend),
+                    cost_usd: result.cost_usd,
                     error: None,
                 }
             }
@@ -384,7 +384,7 @@ impl Runner {
         }
         Ok(Some(Outcome::Done {
             status: Status::Cached,
-            action: Box::new(hit),
+            result: Box::new(hit),
             plan: Box::new(plan),
         }))
     }
@@ -462,7 +462,7 @@ impl Runner {
         }
         Ok(Outcome::Done {
             status: Status::Generated,
-            action: Box::new(action),
+            result: Box::new(Hit::from(&action)),
             plan: Box::new(plan),
         })
     }

@@ -238,11 +238,15 @@ fn run_build(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let project_cfg = session.project.config.clone();
-    let graph = session.graph.clone();
+    // For the note after a reroll (the session goes to the build).
+    let reroll_context =
+        (!opts.reroll.is_empty()).then(|| (session.project.config.clone(), session.graph.clone()));
     let report = runtime.block_on(build::build(session, opts))?;
     print_build_summary(&report, started.elapsed().as_secs_f64(), &progress);
     for r in &opts.reroll {
+        let Some((project_cfg, graph)) = &reroll_context else {
+            break;
+        };
         if let Some(n) = report.nodes.iter().find(|n| &n.id == r)
             && n.status == Status::Generated
             && let Some(i) = graph.index_of(r)

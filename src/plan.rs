@@ -20,7 +20,7 @@ use crate::recipe::{
     self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
 };
 use crate::stitch;
-use crate::store::{Action, BlobStore, Store};
+use crate::store::{BlobStore, Hit, Store};
 
 /// Status of a node in the JSON output (the CLI contract of DESIGN.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -132,7 +132,7 @@ pub struct NodePlan {
     pub key: String,
     pub take: u32,
     /// The usable cached result, if any.
-    pub hit: Option<Action>,
+    pub hit: Option<Hit>,
     /// build/ already holds the hit's bytes (by stat against the stat cache): nothing to place,
     /// and the blob was not looked at.
     pub in_build: bool,
@@ -464,7 +464,7 @@ impl Session {
             Some(s) if !self.rerolls.contains(&i) || recipe.is_generation() => {
                 match latest.filter(|a| a.key == key) {
                     Some(a) => Some(a),
-                    None => s.action(&key)?,
+                    None => s.hit(&key)?,
                 }
             }
             _ => None,

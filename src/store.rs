@@ -84,6 +84,47 @@ pub struct Action {
     pub size: u64,
 }
 
+/// What a node needs of a cached result. The plan's lookups read only these columns, from the
+/// covering index: the rest of an [`Action`] (who asked, when, how long it took) is for `ttv
+/// takes` and `ttv gc`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub key: String,
+    pub take: u32,
+    pub blob: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    pub backend: String,
+    pub cost_usd: f64,
+}
+
+impl From<&Action> for Hit {
+    fn from(a: &Action) -> Hit {
+        Hit {
+            key: a.key.clone(),
+            take: a.take,
+            blob: a.blob.clone(),
+            size: a.size,
+            backend: a.backend.clone(),
+            cost_usd: a.cost_usd,
+        }
+    }
+}
+
+/// The columns [`hit_from_row`] reads, in its order.
+const HIT_SELECT: &str = "SELECT key, take, blob, size, backend, cost_usd FROM actions";
+
+fn hit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hit> {
+    Ok(Hit {
+        key: r.get(0)?,
+        take: r.get(1)?,
+        blob: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        backend: r.get(4)?,
+        cost_usd: r.get(5)?,
+    })
+}
+
 /// The columns [`action_from_row`] reads, in its order. The blob's size is kept in the row (not
 /// joined from `blobs`): a lookup is one index probe on one table, no join, no sort. The recipe
 /// (a kilobyte or more per row) is read only when asked for, by [`Store::recipe_json`].
@@ -301,18 +342,25 @@ impl Store {
 
     /// The highest take recorded for a base key. (Picked here rather than with ORDER BY: with
     /// SQLite's STAT4 a sorted query is re-prepared at every call.)
-    pub fn latest_take(&self, base_key: &str) -> Result<Option<Action>> {
+    pub fn latest_take(&self, base_key: &str) -> Result<Option<Hit>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(&format!("{ACTION_SELECT} WHERE base_key = ?1"))?;
-        let rows = st.query_map([base_key], action_from_row)?;
-        let mut latest: Option<Action> = None;
-        for a in rows {
-            let a = a?;
-            if latest.as_ref().is_none_or(|l| a.take > l.take) {
-                latest = Some(a);
+        let mut st = conn.prepare_cached(&format!("{HIT_SELECT} WHERE base_key = ?1"))?;
+        let rows = st.query_map([base_key], hit_from_row)?;
+        let mut latest: Option<Hit> = None;
+        for h in rows {
+            let h = h?;
+            if latest.as_ref().is_none_or(|l| h.take > l.take) {
+                latest = Some(h);
             }
         }
         Ok(latest)
+    }
+
+    /// The cached result recorded under a key.
+    pub fn hit(&self, key: &str) -> Result<Option<Hit>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!("{HIT_SELECT} WHERE key = ?1"))?;
+        Ok(st.query_row([key], hit_from_row).optional()?)
     }
 
     /// Records a result whose blob is already in place (so a crash between the two leaves at
@@ -729,7 +777,7 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let plan: String = conn
             .query_row(
-                &format!("EXPLAIN QUERY PLAN {ACTION_SELECT} WHERE base_key = 'b'"),
+                &format!("EXPLAIN QUERY PLAN {HIT_SELECT} WHERE base_key = 'b'"),
                 [],
                 |r| r.get(3),
             )
