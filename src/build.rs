@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::backends::{FrameRequest, GenContext, GenError, ImageInput, OperationLog, VideoRequest};
 use crate::graph::NodeKind;
 use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
-use crate::plan::{NodePlan, NodeReport, Report, Session, Status, output_path};
+use crate::plan::{NodePlan, NodeReport, Report, Session, Status};
 use crate::recipe::{Body, FrameRecipe};
 use crate::stitch;
 use crate::store::{Action, BlobStore, BuildRecord, Hit, Store, now_secs};
@@ -248,7 +248,7 @@ impl Tracker {
                     status,
                     key: Some(plan.key),
                     blob: Some(result.blob),
-                    output: Some(output_path(&node.output)),
+                    output: Some(node.output.clone()),
                     reasons,
                     take: Some(plan.take),
                     backend: Some(result.backend),

@@ -2,9 +2,9 @@
 //! created in data-flow order, so their index order is a topological order.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use crate::error::UsageError;
+use crate::materialize::BUILD_DIR;
 use crate::project::{KeyframePosition, Project, Transition, VideoMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +55,9 @@ pub struct Node {
     pub kind: NodeKind,
     /// Indices of the nodes whose outputs this one consumes.
     pub deps: Vec<usize>,
-    /// Where the output is materialized, relative to build/.
-    pub output: PathBuf,
+    /// Where the output is materialized, relative to the project: `build/frames/...` (made
+    /// once here: the no-op build's stat, the report and the manifest all use it).
+    pub output: String,
 }
 
 impl Node {
@@ -98,7 +99,7 @@ impl Graph {
                 id: "reference/auto".into(),
                 kind: NodeKind::AutoReference { shot: 0 },
                 deps: vec![],
-                output: PathBuf::from("references/auto.png"),
+                output: format!("{BUILD_DIR}/references/auto.png"),
             });
             Some(0)
         } else {
@@ -129,7 +130,7 @@ impl Graph {
                             },
                         },
                         deps,
-                        output: PathBuf::from(format!("frames/{number:03}-{}-start.png", shot.id)),
+                        output: format!("{BUILD_DIR}/frames/{number:03}-{}-start.png", shot.id),
                     });
                     nodes.len() - 1
                 };
@@ -145,7 +146,7 @@ impl Graph {
                     auto_reference,
                 },
                 deps,
-                output: PathBuf::from(format!("frames/{number:03}-{}-end.png", shot.id)),
+                output: format!("{BUILD_DIR}/frames/{number:03}-{}-end.png", shot.id),
             });
             let end = nodes.len() - 1;
             let (first, last) = match (cfg.video.mode, cfg.video.keyframe_position) {
@@ -161,7 +162,7 @@ impl Graph {
                     last,
                 },
                 deps: first.into_iter().chain(last).collect(),
-                output: PathBuf::from(format!("segments/{number:03}-{}.mp4", shot.id)),
+                output: format!("{BUILD_DIR}/segments/{number:03}-{}.mp4", shot.id),
             });
             segments.push(nodes.len() - 1);
             prev_end = Some(end);
@@ -173,7 +174,7 @@ impl Graph {
                     segments: segments.clone(),
                 },
                 deps: segments,
-                output: PathBuf::from(&f.output),
+                output: format!("{BUILD_DIR}/{}", f.output),
             });
         }
         let mut dependents = vec![Vec::new(); nodes.len()];

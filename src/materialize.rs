@@ -39,24 +39,22 @@ impl<'a> Materializer<'a> {
         }
     }
 
-    /// True when `build/<rel>` already holds the blob named `hash`: one stat compared with the
-    /// stat cache row written when it was placed, no read.
-    pub fn is_current(&self, rel: &Path, hash: &str) -> bool {
-        let rel_key = build_rel(rel);
-        let Ok(meta) = fs::metadata(self.root.join(&rel_key)) else {
+    /// True when `out` (`build/...`) already holds the blob named `hash`: one stat compared with
+    /// the stat cache row written when it was placed, no read.
+    pub fn is_current(&self, out: &str, hash: &str) -> bool {
+        let Ok(meta) = fs::metadata(self.root.join(out)) else {
             return false;
         };
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.lookup(&rel_key, &meta) == Some(hash)
+        stats.lookup(out, &meta) == Some(hash)
     }
 
-    /// Makes `build/<rel>` hold the blob at `blob_path` (named `hash`).
-    pub fn place(&self, rel: &Path, blob_path: &Path, hash: &str) -> Result<Placed> {
-        if self.is_current(rel, hash) {
+    /// Makes `out` (`build/...`) hold the blob at `blob_path` (named `hash`).
+    pub fn place(&self, out: &str, blob_path: &Path, hash: &str) -> Result<Placed> {
+        if self.is_current(out, hash) {
             return Ok(Placed::UpToDate);
         }
-        let rel_key = build_rel(rel);
-        let dest = self.root.join(&rel_key);
+        let dest = self.root.join(out);
         // A blob is checked against its name before it is shown to the user: a corrupt cache
         // entry must become a miss, never a wrong output.
         let (actual, _) =
@@ -83,17 +81,9 @@ impl<'a> Materializer<'a> {
         self.stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(&rel_key, &meta, hash);
+            .record(out, &meta, hash);
         Ok(Placed::Written)
     }
-}
-
-/// `build/<rel>` as the stat cache names it.
-fn build_rel(rel: &Path) -> String {
-    Path::new(BUILD_DIR)
-        .join(rel)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// What one file in build/ is.
@@ -129,7 +119,7 @@ pub fn write_manifest(
 ) -> Result<()> {
     let dir = root.join(BUILD_DIR);
     let path = dir.join(MANIFEST);
-    let rel = build_rel(Path::new(MANIFEST));
+    let rel = format!("{BUILD_DIR}/{MANIFEST}");
     outputs.sort_by(|a, b| a.output.cmp(&b.output));
     let digest = entries_digest(project, &outputs);
     let lock = || stats.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,7 +12,7 @@ use crate::backends::{self, FrameGenerator, VideoBackend, VideoParams};
 use crate::error::{ProjectError, ProjectErrors, UsageError};
 use crate::filehash::StatCache;
 use crate::graph::{FrameRole, Graph, NodeKind};
-use crate::materialize::{BUILD_DIR, Materializer};
+use crate::materialize::Materializer;
 use crate::prices::PriceTable;
 use crate::progress::Progress;
 use crate::project::Project;
@@ -577,7 +577,7 @@ impl Session {
                 status: Status::Dirty,
                 key: None,
                 blob: None,
-                output: Some(output_path(&node.output)),
+                output: Some(node.output.clone()),
                 reasons: Vec::new(),
                 take: None,
                 backend: None,
@@ -674,13 +674,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-pub(crate) fn output_path(rel: &Path) -> String {
-    Path::new(BUILD_DIR)
-        .join(rel)
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn auto_reference_prompt(start: &str) -> String {
