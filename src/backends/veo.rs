@@ -808,7 +808,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::backends::http::test_server::{Reply, serve};
+    use crate::backends::http::test_server::{Log, Reply, serve};
     use crate::backends::{OperationLog, VideoParams};
 
     /// The start of a real MP4: a `ftyp` box.
@@ -921,6 +921,28 @@ mod tests {
             operations: ops,
             status: Arc::new(|_| {}),
         }
+    }
+
+    /// A Gemini-API Veo route whose submit starts operation `models/m/operations/{op}` and
+    /// whose every poll answers `poll` (the operation's name added).
+    async fn one_operation(op: &str, mut poll: Value) -> (String, Log) {
+        let name = format!("models/m/operations/{op}");
+        poll["name"] = json!(name);
+        serve(move |req, _| match req.method.as_str() {
+            "POST" => Reply::json(200, json!({ "name": name })),
+            _ => Reply::json(200, poll.clone()),
+        })
+        .await
+    }
+
+    /// One generation on the Gemini-API route that must fail: its error, and the operations it
+    /// left recorded.
+    async fn gemini_failure(base: &str, poll_timeout: Duration, ops: &Arc<Ops>) -> GenError {
+        let tmp = tempfile::tempdir().unwrap();
+        gemini_veo(base, poll_timeout)
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err()
     }
 
     fn prepared(req: &VideoRequest) -> (Option<Prepared>, Option<Prepared>) {
@@ -1172,43 +1194,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_blocked_video_forgets_its_operation() {
-        let (base, _log) = serve(|req, _| match req.method.as_str() {
-            "POST" => Reply::json(200, json!({"name": "models/m/operations/x"})),
-            _ => Reply::json(
-                200,
-                json!({"name": "models/m/operations/x", "done": true,
-                "response": {"generateVideoResponse": {"raiMediaFilteredCount": 1,
-                "raiMediaFilteredReasons": ["celebrity likeness"]}}}),
-            ),
-        })
+        let (base, _log) = one_operation(
+            "x",
+            json!({"done": true, "response": {"generateVideoResponse": {
+                "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["celebrity likeness"]}}}),
+        )
         .await;
         let ops = Arc::new(Ops::default());
-        let tmp = tempfile::tempdir().unwrap();
-        let err = gemini_veo(&base, Duration::from_secs(5))
-            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
-            .await
-            .unwrap_err();
+        let err = gemini_failure(&base, Duration::from_secs(5), &ops).await;
         assert!(matches!(&err, GenError::Blocked { reason } if reason == "celebrity likeness"));
         assert_eq!(ops.name("k"), None);
     }
 
     #[tokio::test]
     async fn a_poll_timeout_keeps_the_operation_for_the_next_build() {
-        let (base, log) = serve(|req, _| match req.method.as_str() {
-            "POST" => Reply::json(200, json!({"name": "models/m/operations/slow"})),
-            _ => Reply::json(
-                200,
-                json!({"name": "models/m/operations/slow", "done": false}),
-            ),
-        })
-        .await;
+        let (base, log) = one_operation("slow", json!({"done": false})).await;
         let ops = Arc::new(Ops::default());
-        let tmp = tempfile::tempdir().unwrap();
-        let err = gemini_veo(&base, Duration::from_millis(150))
-            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
-            .await
-            .unwrap_err();
-        match err {
+        match gemini_failure(&base, Duration::from_millis(150), &ops).await {
             GenError::Transient(m) => {
                 assert!(m.contains("models/m/operations/slow"), "{m}");
                 assert!(m.contains("the next build resumes it"), "{m}");
@@ -1220,31 +1222,21 @@ mod tests {
 
         // The next build polls the recorded operation at once and submits nothing.
         let before = log.lock().unwrap().len();
-        let _ = gemini_veo(&base, Duration::from_millis(1))
-            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
-            .await;
+        gemini_failure(&base, Duration::from_millis(1), &ops).await;
         let log = log.lock().unwrap();
         assert!(log[before..].iter().all(|s| s.method == "GET"));
     }
 
     #[tokio::test]
     async fn something_that_is_not_an_mp4_is_refused() {
-        let (base, _log) = serve(|req, _| match req.method.as_str() {
-            "POST" => Reply::json(200, json!({"name": "models/m/operations/x"})),
-            _ => Reply::json(
-                200,
-                json!({"name": "models/m/operations/x", "done": true,
-                "response": {"generateVideoResponse": {"generatedSamples": [{"video":
-                {"encodedVideo": BASE64.encode(b"<html>oops</html>")}}]}}}),
-            ),
-        })
+        let (base, _log) = one_operation(
+            "x",
+            json!({"done": true, "response": {"generateVideoResponse": {"generatedSamples":
+                [{"video": {"encodedVideo": BASE64.encode(b"<html>oops</html>")}}]}}}),
+        )
         .await;
         let ops = Arc::new(Ops::default());
-        let tmp = tempfile::tempdir().unwrap();
-        let err = gemini_veo(&base, Duration::from_secs(5))
-            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
-            .await
-            .unwrap_err();
+        let err = gemini_failure(&base, Duration::from_secs(5), &ops).await;
         assert!(
             matches!(&err, GenError::Permanent(m) if m.contains("not an MP4")),
             "{err:?}"
@@ -1278,11 +1270,7 @@ mod tests {
             .await;
             *base_cell.lock().unwrap() = base.clone();
             let ops = Arc::new(Ops::default());
-            let tmp = tempfile::tempdir().unwrap();
-            let err = gemini_veo(&base, Duration::from_secs(5))
-                .generate(&video_request(false), &context(ops.clone(), tmp.path()))
-                .await
-                .unwrap_err();
+            let err = gemini_failure(&base, Duration::from_secs(5), &ops).await;
             assert!(err.to_string().contains("downloading"), "{err}");
             assert_eq!(ops.name("k").is_some(), kept, "HTTP {status}");
         }

@@ -74,8 +74,9 @@ impl Client {
         }
     }
 
-    async fn generate(&self, body: &Value) -> (u16, String) {
-        let url = format!("{}/v1beta/models/{IMAGE_MODEL}:generateContent", self.base);
+    /// POSTs `body` to `/v1beta/{path}` with the API key, as the Gemini API wants it.
+    async fn post_with_key(&self, path: &str, body: &Value) -> (u16, String) {
+        let url = format!("{}/v1beta/{path}", self.base);
         send(
             self.http
                 .post(url)
@@ -83,6 +84,11 @@ impl Client {
                 .json(body),
         )
         .await
+    }
+
+    async fn generate(&self, body: &Value) -> (u16, String) {
+        self.post_with_key(&format!("models/{IMAGE_MODEL}:generateContent"), body)
+            .await
     }
 
     async fn vertex(&self, action: &str, body: &Value) -> (u16, String) {
@@ -102,14 +108,8 @@ impl Client {
     }
 
     async fn gemini_veo(&self, body: &Value) -> (u16, String) {
-        let url = format!("{}/v1beta/models/{VEO_MODEL}:predictLongRunning", self.base);
-        send(
-            self.http
-                .post(url)
-                .header("x-goog-api-key", API_KEY)
-                .json(body),
-        )
-        .await
+        self.post_with_key(&format!("models/{VEO_MODEL}:predictLongRunning"), body)
+            .await
     }
 
     async fn gemini_poll(&self, name: &str) -> (u16, String) {
