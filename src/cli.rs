@@ -220,7 +220,6 @@ fn run_build(
         preview = session.plan()?;
         session.check_tools(&preview)?;
     }
-    session.project.keep_parsed();
     let dirty = preview
         .nodes
         .iter()

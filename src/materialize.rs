@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -27,16 +27,13 @@ pub enum Placed {
 }
 
 pub struct Materializer<'a> {
-    root: PathBuf,
+    root: &'a Path,
     stats: &'a Mutex<StatCache>,
 }
 
 impl<'a> Materializer<'a> {
-    pub fn new(root: &Path, stats: &'a Mutex<StatCache>) -> Self {
-        Materializer {
-            root: root.to_path_buf(),
-            stats,
-        }
+    pub fn new(root: &'a Path, stats: &'a Mutex<StatCache>) -> Self {
+        Materializer { root, stats }
     }
 
     /// True when `out` (`build/...`) already holds the blob named `hash`: one stat compared with

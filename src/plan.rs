@@ -251,10 +251,12 @@ impl Session {
         Ok(session)
     }
 
-    /// Opens the cache, creating `.ttv/` if this is the project's first build.
+    /// Opens the cache, creating `.ttv/` if this is the project's first build (and keeping the
+    /// parsed ttv.yaml there, as [`Session::open`] does in a project that has a cache).
     pub fn ensure_store(&mut self) -> Result<()> {
         if self.store.is_none() {
             self.store = Some(Arc::new(Store::open(&self.project.cache_dir())?));
+            self.project.keep_parsed();
         }
         Ok(())
     }
