@@ -475,8 +475,14 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// Copies a project's own files: not the cache (`.ttv/`) nor the outputs (`build/`) that a run
+/// of ttv in the source folder may have left (the README's first command builds
+/// project.example in place).
 fn copy_tree(src: &Path, dst: &Path) {
-    for entry in WalkDir::new(src) {
+    let walk = WalkDir::new(src).into_iter().filter_entry(|e| {
+        e.depth() != 1 || !matches!(e.file_name().to_str(), Some(".ttv" | "build"))
+    });
+    for entry in walk {
         let entry = entry.expect("walk fixture");
         let rel = entry.path().strip_prefix(src).expect("under the fixture");
         let target = dst.join(rel);
