@@ -11,11 +11,13 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::backends::{FrameRequest, GenContext, GenError, ImageInput, OperationLog, VideoRequest};
+use crate::backends::{
+    FrameRequest, GenContext, GenError, ImageInput, OperationLog, Provenance, VideoRequest,
+};
 use crate::graph::NodeKind;
 use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
-use crate::plan::{NodePlan, NodeReport, Report, Session, Status};
-use crate::recipe::{Body, FrameRecipe};
+use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
+use crate::recipe::{Body, FrameRecipe, Recipe, SegmentRecipe};
 use crate::stitch;
 use crate::store::{Action, BlobStore, BuildRecord, Hit, Store, now_secs};
 
@@ -54,6 +56,8 @@ enum Outcome {
     Failed {
         plan: Option<Box<NodePlan>>,
         error: String,
+        /// What the failed attempts may have been billed (requests whose outcome is unknown).
+        cost_usd: f64,
     },
     /// Ctrl-C came first.
     NotStarted,
@@ -66,8 +70,34 @@ struct Produced {
     /// Who made it (with fallbacks, not always the configured backend).
     backend: String,
     model: String,
+    /// The whole cost of the request (all its samples, and attempts that may have been billed).
     cost_usd: f64,
     media_type: &'static str,
+    provenance: Provenance,
+    /// Further videos of the same request (`sample_count` > 1): `(blob, size)`, each a take.
+    more: Vec<(String, u64)>,
+}
+
+/// Why `produce` made nothing.
+struct NotProduced {
+    error: String,
+    /// What attempts whose outcome is unknown may have been billed.
+    cost_usd: f64,
+}
+
+impl From<String> for NotProduced {
+    fn from(error: String) -> NotProduced {
+        NotProduced {
+            error,
+            cost_usd: 0.0,
+        }
+    }
+}
+
+impl From<&str> for NotProduced {
+    fn from(error: &str) -> NotProduced {
+        error.to_string().into()
+    }
 }
 
 /// The scheduler's shared state.
@@ -81,6 +111,8 @@ struct Runner {
     ref_bytes: OnceCell<Vec<ImageInput>>,
     /// Set on the first Ctrl-C: nothing new starts.
     stopping: std::sync::atomic::AtomicBool,
+    /// Nodes named by `--force`: a submission recorded as uncertain may be sent again.
+    forced: std::collections::HashSet<usize>,
 }
 
 /// Runs a build of the session's needed nodes. Returns the report; `failed > 0` means exit 1.
@@ -94,6 +126,11 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         .jobs
         .unwrap_or(cfg.keyframes.jobs + cfg.video.jobs)
         .max(1);
+    let forced = opts
+        .force
+        .iter()
+        .filter_map(|f| session.graph.index_of(f))
+        .collect();
     let runner = Arc::new(Runner {
         global: Semaphore::new(jobs),
         frame_jobs: Semaphore::new(cfg.keyframes.jobs.max(1)),
@@ -102,6 +139,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         session,
         ref_bytes: OnceCell::new(),
         stopping: Default::default(),
+        forced,
     });
     let started_at = now_secs();
     let s = &runner.session;
@@ -181,6 +219,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
             backend: None,
             cost_usd: 0.0,
             error: None,
+            cost_unknown: false,
         });
     }
     progress.finish();
@@ -254,9 +293,18 @@ impl Tracker {
                     backend: Some(result.backend),
                     cost_usd: result.cost_usd,
                     error: None,
+                    cost_unknown: status == Status::Generated && s.estimate(i).is_none(),
                 }
             }
-            Outcome::Failed { plan, error } => failed_report(s, i, plan.as_deref(), error),
+            Outcome::Failed {
+                plan,
+                error,
+                cost_usd,
+            } => {
+                let mut r = failed_report(s, i, plan.as_deref(), error);
+                r.cost_usd = cost_usd;
+                r
+            }
             // Reported as skipped with everything else that did not start.
             Outcome::NotStarted => return ready,
         };
@@ -318,6 +366,7 @@ impl Tracker {
                         backend: None,
                         cost_usd: 0.0,
                         error: None,
+                        cost_unknown: false,
                     },
                 );
                 stack.push(d);
@@ -348,6 +397,7 @@ fn failed_report(s: &Session, i: usize, plan: Option<&NodePlan>, error: String) 
         backend: None,
         cost_usd: 0.0,
         error: Some(error),
+        cost_unknown: false,
     }
 }
 
@@ -358,6 +408,7 @@ impl Runner {
             .unwrap_or_else(|e| Outcome::Failed {
                 plan: None,
                 error: format!("{e:#}"),
+                cost_usd: 0.0,
             })
     }
 
@@ -426,35 +477,86 @@ impl Runner {
         drop(bar);
         let p = match produced {
             Ok(p) => p,
-            Err(error) => {
+            Err(NotProduced { error, cost_usd }) => {
                 return Ok(Outcome::Failed {
                     plan: Some(Box::new(plan)),
                     error,
+                    cost_usd,
                 });
             }
         };
-        let action = Action {
-            key: plan.key.clone(),
-            base_key: plan.recipe.base_key(),
+        let samples = 1 + p.more.len();
+        let base_key = plan.recipe.base_key();
+        let provenance = provenance_json(&p.provenance);
+        let action = |key: String, take: u32, blob: String, size: u64| Action {
+            key,
+            base_key: base_key.clone(),
             node_kind: node.kind_name().into(),
             node_id: node.id.clone(),
-            blob: p.blob.clone(),
+            blob,
             media_type: p.media_type.into(),
-            backend: p.backend,
-            model: p.model,
+            backend: p.backend.clone(),
+            model: p.model.clone(),
             created_at: now_secs(),
             gen_ms: started.elapsed().as_millis() as i64,
-            cost_usd: p.cost_usd,
-            take: plan.take,
-            size: p.size,
+            // Each take carries its share of what the request cost.
+            cost_usd: p.cost_usd / samples as f64,
+            take,
+            size,
+            provenance: provenance.clone(),
         };
-        // The result is durable (blob in place, row committed) before anything else is done
-        // with it: a crash after this line never loses a paid generation.
-        self.store
-            .record_action(&action, &plan.recipe.canonical_json())?;
+        // The result is durable (blobs in place, rows committed) before anything else is done
+        // with it: a crash after this line never loses a paid generation. Further samples of
+        // the request become the next free takes.
+        let mut made = vec![action(plan.key.clone(), plan.take, p.blob.clone(), p.size)];
+        if !p.more.is_empty() {
+            let base_json = Recipe {
+                take: 0,
+                ..plan.recipe.clone()
+            }
+            .canonical_json();
+            let mut next = self
+                .store
+                .latest_take(&base_key)?
+                .map_or(plan.take, |h| h.take.max(plan.take))
+                + 1;
+            for (blob, size) in &p.more {
+                made.push(action(
+                    Recipe::key_at_take(&base_json, next),
+                    next,
+                    blob.clone(),
+                    *size,
+                ));
+                next += 1;
+            }
+        }
+        let recipe_json = |take: u32| {
+            Recipe {
+                take,
+                ..plan.recipe.clone()
+            }
+            .canonical_json()
+        };
+        for a in &made {
+            self.store.record_action(a, &recipe_json(a.take))?;
+        }
         self.store.clear(&plan.key)?;
-        let path = self.store.blobs.path_of(&p.blob);
-        if mat.place(&node.output, &path, &p.blob)? == Placed::CorruptBlob {
+        // The node uses its pinned take, else the latest.
+        let pinned = s.pinned_take(i).is_some();
+        let chosen = if pinned {
+            made.remove(0)
+        } else {
+            made.pop().expect("at least one take")
+        };
+        if chosen.take != plan.take {
+            plan.key = chosen.key.clone();
+            plan.take = chosen.take;
+            plan.recipe.take = chosen.take;
+        }
+        let mut result = Hit::from(&chosen);
+        result.cost_usd = p.cost_usd;
+        let path = self.store.blobs.path_of(&result.blob);
+        if mat.place(&node.output, &path, &result.blob)? == Placed::CorruptBlob {
             return Err(anyhow!(
                 "the blob just stored for {} does not match its hash (disk problem?)",
                 node.id
@@ -462,7 +564,7 @@ impl Runner {
         }
         Ok(Outcome::Done {
             status: Status::Generated,
-            result: Box::new(Hit::from(&action)),
+            result: Box::new(result),
             plan: Box::new(plan),
         })
     }
@@ -474,7 +576,7 @@ impl Runner {
         plan: &NodePlan,
         deps: &HashMap<usize, String>,
         status: Arc<dyn Fn(String) + Send + Sync>,
-    ) -> Result<Produced, String> {
+    ) -> Result<Produced, NotProduced> {
         let s = &self.session;
         let node = &s.graph.nodes[i];
         let ctx = GenContext {
@@ -483,9 +585,11 @@ impl Runner {
             tmp_dir: self.store.blobs.tmp_dir().to_path_buf(),
             operations: self.store.clone() as Arc<dyn OperationLog>,
             status,
+            uncertain: Arc::default(),
+            resubmit: self.forced.contains(&i),
         };
         let blobs = &self.store.blobs;
-        let fail = |e: anyhow::Error| format!("{e:#}");
+        let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
         match (&plan.recipe.body, &node.kind) {
             (Body::Image(r), NodeKind::Frame { shot, .. }) => {
                 let rel = s.project.config.shots[*shot]
@@ -495,9 +599,9 @@ impl Runner {
                 let bytes = std::fs::read(s.project.root.join(&rel))
                     .map_err(|e| format!("reading {rel}: {e}"))?;
                 if blake3::hash(&bytes).to_hex().as_str() != r.source {
-                    return Err(format!(
-                        "{rel} changed during the build; run `ttv build` again"
-                    ));
+                    return Err(
+                        format!("{rel} changed during the build; run `ttv build` again").into(),
+                    );
                 }
                 let png = tokio::task::spawn_blocking(move || to_png(&bytes))
                     .await
@@ -516,81 +620,43 @@ impl Runner {
                 let req = FrameRequest {
                     model: r.model.clone(),
                     aspect_ratio: r.aspect_ratio.clone(),
+                    image_size: r.image_size.clone(),
                     prompt: r.prompt.clone(),
                     input_image,
                     references,
                     key: plan.key.clone(),
                 };
-                let out = frames.generate(&req, &ctx).await.map_err(describe)?;
+                let price = s
+                    .prices
+                    .image(frames.name(), &r.model, r.image_size.as_deref())
+                    .unwrap_or(0.0);
+                // Requests whose answer was lost may have been billed too.
+                let billed = |ctx: &GenContext| {
+                    price * f64::from(ctx.uncertain.load(std::sync::atomic::Ordering::Relaxed))
+                };
+                let out = match frames.generate(&req, &ctx).await {
+                    Ok(out) => out,
+                    Err(e) => {
+                        return Err(NotProduced {
+                            error: describe(e),
+                            cost_usd: billed(&ctx),
+                        });
+                    }
+                };
                 let (h, size) = blobs.put_bytes(&out.png).map_err(fail)?;
-                let cost = s.prices.image(frames.name(), &r.model);
-                Ok(Produced::new(
+                let mut p = Produced::new(
                     h,
                     size,
                     frames.name(),
                     &r.model,
-                    cost,
+                    price + billed(&ctx),
                     "image/png",
-                ))
+                );
+                p.provenance = out.provenance;
+                Ok(p)
             }
-            (Body::Segment(r), NodeKind::Segment { shot, .. }) => {
-                let first = match r.first.as_deref() {
-                    Some(h) => Some(self.blob_input("first", h).await?),
-                    None => None,
-                };
-                let last = match r.last.as_deref() {
-                    Some(h) => Some(self.blob_input("last", h).await?),
-                    None => None,
-                };
-                let mut errors = Vec::new();
-                for (n, vb) in s.videos.iter().enumerate() {
-                    let params = s.video_params(*shot, &vb.model);
-                    let seconds = params.duration_seconds;
-                    let req = VideoRequest {
-                        params,
-                        prompt: r.prompt.clone(),
-                        first: first.clone(),
-                        last: last.clone(),
-                        key: plan.key.clone(),
-                    };
-                    let g = &vb.generator;
-                    match g.generate(&req, &ctx).await {
-                        Ok(out) => {
-                            let (h, size) = blobs.put_file(out.mp4).map_err(fail)?;
-                            let cost = s.prices.video(g.name(), &vb.model, seconds);
-                            if n > 0 {
-                                s.progress.warn(&format!(
-                                    "{}: made by fallback {} after: {}",
-                                    node.id,
-                                    g.label(),
-                                    errors.join("; ")
-                                ));
-                            }
-                            return Ok(Produced::new(
-                                h,
-                                size,
-                                &g.label(),
-                                &vb.model,
-                                cost,
-                                "video/mp4",
-                            ));
-                        }
-                        Err(e) => {
-                            // Backend messages usually name the backend already.
-                            let msg = describe(e.clone());
-                            let label = g.label();
-                            errors.push(if msg.starts_with(&label) {
-                                msg
-                            } else {
-                                format!("{label}: {msg}")
-                            });
-                            if !e.is_permanent() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(errors.join("; then "))
+            (Body::Segment(r), NodeKind::Segment { .. }) => {
+                self.produce_segment(r, plan, &ctx).await
             }
             (Body::Final(r), _) => {
                 let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.path_of(h)).collect();
@@ -605,8 +671,103 @@ impl Runner {
                 let (h, size) = blobs.put_file(tmp).map_err(fail)?;
                 Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "video/mp4"))
             }
-            _ => Err(format!("{}: recipe does not fit the node", node.id)),
+            _ => Err(format!("{}: recipe does not fit the node", node.id).into()),
         }
+    }
+
+    /// A segment: the request made from its recipe, tried on each video backend in turn (a
+    /// fallback with its own model) until one makes it or fails in a way another cannot fix.
+    async fn produce_segment(
+        &self,
+        r: &SegmentRecipe,
+        plan: &NodePlan,
+        ctx: &GenContext,
+    ) -> Result<Produced, NotProduced> {
+        let s = &self.session;
+        let blobs = &self.store.blobs;
+        let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
+        let first = match r.first.as_deref() {
+            Some(h) => Some(self.blob_input("first", h).await?),
+            None => None,
+        };
+        let last = match r.last.as_deref() {
+            Some(h) => Some(self.blob_input("last", h).await?),
+            None => None,
+        };
+        let references = self.project_references(&r.references).await?;
+        let mut errors = Vec::new();
+        for (n, vb) in s.videos.iter().enumerate() {
+            let req = VideoRequest {
+                recipe: SegmentRecipe {
+                    model: vb.model.clone(),
+                    ..r.clone()
+                },
+                first: first.clone(),
+                last: last.clone(),
+                references: references.clone(),
+                key: plan.key.clone(),
+            };
+            let g = &vb.generator;
+            match g.generate(&req, ctx).await {
+                Ok(out) => {
+                    let mut stored = Vec::new();
+                    for mp4 in out.mp4s {
+                        stored.push(blobs.put_file(mp4).map_err(fail)?);
+                    }
+                    let cost = s
+                        .prices
+                        .video(g.name(), &vb.model, &video_cost(&req.recipe))
+                        .unwrap_or(0.0);
+                    if n > 0 {
+                        s.progress.warn(&format!(
+                            "{}: made by fallback {} after: {}",
+                            ctx.node_id,
+                            g.label(),
+                            errors.join("; ")
+                        ));
+                    }
+                    let mut stored = stored.into_iter();
+                    let (h, size) = stored
+                        .next()
+                        .ok_or_else(|| format!("{} returned no video", g.label()))?;
+                    let mut p = Produced::new(h, size, &g.label(), &vb.model, cost, "video/mp4");
+                    p.provenance = out.provenance;
+                    p.more = stored.collect();
+                    return Ok(p);
+                }
+                Err(e) => {
+                    // Backend messages usually name the backend already.
+                    let msg = describe(e.clone());
+                    let label = g.label();
+                    errors.push(if msg.starts_with(&label) {
+                        msg
+                    } else {
+                        format!("{label}: {msg}")
+                    });
+                    if !e.is_permanent() {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(errors.join("; then ").into())
+    }
+
+    /// The project's reference files named in `refs` (a references-mode segment), checked
+    /// against the hashes in its recipe.
+    async fn project_references(
+        &self,
+        refs: &[(String, String)],
+    ) -> Result<Vec<ImageInput>, String> {
+        let all = self.all_references().await?;
+        refs.iter()
+            .map(|(name, _)| {
+                all.iter()
+                    .find(|i| &i.name == name)
+                    .cloned()
+                    .ok_or_else(|| format!("reference {name} is not in the references folder"))
+            })
+            .collect()
     }
 
     async fn blob_input(&self, name: &str, hash: &str) -> Result<ImageInput, String> {
@@ -621,17 +782,11 @@ impl Runner {
         })
     }
 
-    /// The reference images of a frame request: the project's (read once per build, checked
-    /// against the hashes in the key) and the auto reference, if it is one.
-    async fn reference_inputs(
-        &self,
-        r: &FrameRecipe,
-        deps: &HashMap<usize, String>,
-        node: &crate::graph::Node,
-    ) -> Result<Vec<ImageInput>, String> {
+    /// Every reference image of the project: read once per build, checked against the hashes
+    /// the plan made the keys with.
+    async fn all_references(&self) -> Result<&Vec<ImageInput>, String> {
         let s = &self.session;
-        let files = self
-            .ref_bytes
+        self.ref_bytes
             .get_or_try_init(|| async {
                 let mut out = Vec::new();
                 for f in &s.refs {
@@ -652,8 +807,23 @@ impl Runner {
                 }
                 Ok::<_, String>(out)
             })
-            .await?;
-        let mut out = files.clone();
+            .await
+    }
+
+    /// The reference images of a frame request: the project's that its recipe names, and the
+    /// auto reference, if it is one.
+    async fn reference_inputs(
+        &self,
+        r: &FrameRecipe,
+        deps: &HashMap<usize, String>,
+        node: &crate::graph::Node,
+    ) -> Result<Vec<ImageInput>, String> {
+        let files = self.all_references().await?;
+        let mut out: Vec<ImageInput> = files
+            .iter()
+            .filter(|f| r.references.iter().any(|(name, _)| *name == f.name))
+            .cloned()
+            .collect();
         if let NodeKind::Frame {
             auto_reference: Some(a),
             ..
@@ -728,12 +898,29 @@ impl Produced {
             model: model.into(),
             cost_usd,
             media_type,
+            provenance: Provenance::default(),
+            more: Vec::new(),
         }
     }
 }
 
 fn describe(e: GenError) -> String {
     e.to_string()
+}
+
+/// The provenance column of an action: only what the service reported or was sent.
+fn provenance_json(p: &Provenance) -> Option<String> {
+    if *p == Provenance::default() {
+        return None;
+    }
+    Some(
+        serde_json::json!({
+            "model_version": p.model_version,
+            "response_id": p.response_id,
+            "params": p.params,
+        })
+        .to_string(),
+    )
 }
 
 /// Re-encodes any supported image as PNG (deterministic for the same input).

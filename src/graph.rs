@@ -149,10 +149,13 @@ impl Graph {
                 output: format!("{BUILD_DIR}/frames/{number:03}-{}-end.png", shot.id),
             });
             let end = nodes.len() - 1;
-            let (first, last) = match (cfg.video.mode, cfg.video.keyframe_position) {
+            // A references-mode segment takes no keyframe: its frames are made only if
+            // something else uses them.
+            let (first, last) = match (cfg.video_mode(i), cfg.video.keyframe_position) {
                 (VideoMode::FirstLast, _) => (Some(start), Some(end)),
                 (VideoMode::Single, KeyframePosition::Last) => (Some(end), None),
                 (VideoMode::Single, _) => (Some(start), None),
+                (VideoMode::References, _) => (None, None),
             };
             nodes.push(Node {
                 id: format!("segment/{}", shot.id),

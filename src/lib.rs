@@ -12,6 +12,7 @@ pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
 pub mod materialize;
+pub mod models;
 pub mod plan;
 pub mod prices;
 pub mod progress;

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::backends::{self, FrameGenerator, VideoBackend, VideoParams};
+use crate::backends::{self, FrameGenerator, VideoBackend};
 use crate::error::{ProjectError, ProjectErrors, UsageError};
 use crate::filehash::StatCache;
 use crate::graph::{FrameRole, Graph, NodeKind};
 use crate::materialize::Materializer;
-use crate::prices::PriceTable;
+use crate::models::{self, Lifecycle};
+use crate::prices::{PriceTable, VideoCost};
 use crate::progress::Progress;
-use crate::project::Project;
+use crate::project::{KeyframePosition, Project, VideoMode};
 use crate::recipe::{
     self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
 };
@@ -46,8 +47,13 @@ pub struct NodeReport {
     pub take: Option<u32>,
     pub backend: Option<String>,
     /// What this node cost (generated), cost before (cached), or will cost (dirty, estimated).
+    /// A generation that failed after a request whose outcome is unknown counts what it may
+    /// have been billed.
     pub cost_usd: f64,
     pub error: Option<String>,
+    /// The model has no known price: `cost_usd` leaves it out.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cost_unknown: bool,
 }
 
 /// The `--json` object of `build` and `plan`.
@@ -66,6 +72,14 @@ pub struct Report {
     /// Build only, when Ctrl-C stopped it: what was not started is `skipped`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// Nodes to generate (plan) or generated (build) whose price is unknown: `cost_usd` is
+    /// then a lower bound.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cost_unknown: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -85,8 +99,12 @@ impl Report {
             cached: count(Status::Cached),
             failed: count(Status::Failed),
             skipped: count(Status::Skipped),
-            cost_usd: sum(&[Status::Generated, Status::Dirty]),
+            cost_usd: sum(&[Status::Generated, Status::Dirty, Status::Failed]),
             saved_usd: sum(&[Status::Cached]),
+            cost_unknown: nodes
+                .iter()
+                .filter(|n| n.cost_unknown && matches!(n.status, Status::Generated | Status::Dirty))
+                .count(),
             nodes,
             estimated_seconds: None,
             interrupted: false,
@@ -168,6 +186,11 @@ impl Session {
         let needs_video = needed
             .iter()
             .any(|&i| matches!(graph.nodes[i].kind, NodeKind::Segment { .. }));
+        let needs_refs = needs_frames
+            || needed.iter().any(|&i| {
+                matches!(graph.nodes[i].kind, NodeKind::Segment { shot, .. }
+                    if project.config.video_mode(shot) == VideoMode::References)
+            });
         let mut errors = Vec::new();
         let frames = if needs_frames {
             match backends::frame_backend(&project) {
@@ -191,7 +214,7 @@ impl Session {
         let store = Store::open_existing(&project.cache_dir())?.map(Arc::new);
         let mut stats = StatCache::load(store.as_deref())?;
         let mut refs = Vec::new();
-        if needs_frames {
+        if needs_refs {
             for r in &project.references {
                 match hash_image(&project, &mut stats, &r.rel_path) {
                     Ok(hash) => refs.push(RefFile {
@@ -240,6 +263,7 @@ impl Session {
             cached_plans: Mutex::default(),
             progress,
         };
+        errors.extend(session.model_problems());
         errors.extend(session.capability_problems());
         if !errors.is_empty() {
             errors.dedup();
@@ -271,6 +295,87 @@ impl Session {
         self
     }
 
+    /// The configured models against the registry: a retired one is an error naming its
+    /// replacement; one the registry does not know is used with a warning.
+    fn model_problems(&self) -> Vec<ProjectError> {
+        let cfg = &self.project.config;
+        let mut uses: Vec<(String, &str, &str, models::Kind)> = Vec::new();
+        if self.frames.is_some() {
+            uses.push((
+                "keyframes.model".into(),
+                &cfg.keyframes.model,
+                &cfg.keyframes.backend,
+                models::Kind::Image,
+            ));
+        }
+        for vb in &self.videos {
+            let at =
+                if vb.setting == "video" || cfg.video.fallback.iter().all(|f| f.model.is_none()) {
+                    "video.model".to_string()
+                } else {
+                    format!("{}.model", vb.setting)
+                };
+            uses.push((at, &vb.model, vb.generator.name(), models::Kind::Video));
+        }
+        let mut out = Vec::new();
+        for (at, model, backend, kind) in uses {
+            let real = backend != "preview";
+            match models::find(model) {
+                Some(m) if m.kind != kind => out.push(
+                    self.project
+                        .error_at(
+                            &at,
+                            format!(
+                                "`{model}` is {} {} model, not {} one",
+                                article(m.kind),
+                                m.kind.as_str(),
+                                kind.as_str()
+                            ),
+                        )
+                        .help(format!("use one of {}", models::current(kind).join(", "))),
+                ),
+                Some(m) => {
+                    if let Lifecycle::Retired { on, replacement } = m.lifecycle {
+                        let replace = replacement
+                            .map_or(String::new(), |r| format!("use `{r}`, its successor: "));
+                        let message =
+                            format!("`{model}` ({}) was retired by Google on {on}", m.name);
+                        if real {
+                            out.push(
+                                self.project.error_at(&at, &message).help(format!(
+                                    "{replace}set `model:` in ttv.yaml (the model registry lists the current ones: {})",
+                                    models::current(kind).join(", ")
+                                )),
+                            );
+                        } else {
+                            self.progress.warn(&format!(
+                                "{}: {message}; the preview backend does not mind, a real build would fail ({})",
+                                self.setting_place(&at),
+                                replace.trim_end_matches(": ")
+                            ));
+                        }
+                    }
+                }
+                None if real => self.progress.warn(&format!(
+                    "{}: model `{model}` is not in ttv's model registry: it is checked against \
+                     conservative capabilities and its cost is unknown (`ttv doctor` asks Google \
+                     whether it serves it; `prices:` can give its price)",
+                    self.setting_place(&at)
+                )),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// `ttv.yaml:LINE` of a setting, for warnings.
+    fn setting_place(&self, at: &str) -> String {
+        match self.project.line_of(at) {
+            Some(l) => format!("{}:{l}", crate::project::CONFIG_FILE),
+            None => crate::project::CONFIG_FILE.into(),
+        }
+    }
+
     /// Every setting the configured backends cannot serve, for the needed nodes.
     fn capability_problems(&self) -> Vec<ProjectError> {
         let cfg = &self.project.config;
@@ -278,29 +383,65 @@ impl Session {
         if let Some(f) = &self.frames {
             let k = &cfg.keyframes;
             let caps = f.capabilities(&k.model);
-            for p in caps.check(f.name(), &k.model, &k.aspect_ratio) {
+            for p in backends::check_frame(
+                &caps,
+                f.name(),
+                &k.model,
+                &k.aspect_ratio,
+                k.image_size.as_deref(),
+            ) {
                 out.push(
                     self.project
                         .error_at(&format!("keyframes.{}", p.setting), p.message)
                         .help(p.help),
                 );
             }
-            let images = self.refs.len() + usize::from(k.chain);
-            if images > caps.max_input_images {
+            // Input images per request: the references a frame sends, the chained frame, the
+            // auto reference.
+            let mut reported = HashSet::new();
+            for &i in &self.needed {
+                if !generates_frame(&self.project, &self.graph, i) {
+                    continue;
+                }
+                let (shot, input, auto) = match self.graph.nodes[i].kind {
+                    NodeKind::Frame {
+                        shot,
+                        input,
+                        auto_reference,
+                        ..
+                    } => (Some(shot), input.is_some(), auto_reference.is_some()),
+                    _ => (None, false, false),
+                };
+                let refs = shot.map_or(0, |s| self.frame_refs(s).len());
+                let images = refs + usize::from(input) + usize::from(auto);
+                if images <= caps.max_input_images {
+                    continue;
+                }
+                let at = match shot {
+                    Some(s) if cfg.shots[s].references.is_some() => format!("shots.{s}.references"),
+                    _ => "keyframes.references".into(),
+                };
+                if !reported.insert(at.clone()) {
+                    continue;
+                }
                 out.push(
                     self.project
                         .error_at(
-                            "keyframes.references",
+                            &at,
                             format!(
-                                "{} reference images{} are more than {} ({}) takes in one request ({})",
-                                self.refs.len(),
-                                if k.chain { " plus the chained frame" } else { "" },
+                                "{} sends {images} images ({refs} reference images{}); {} ({}) \
+                                 takes at most {} in one request",
+                                self.graph.nodes[i].id,
+                                if input { " and the chained frame" } else { "" },
                                 f.name(),
                                 k.model,
                                 caps.max_input_images
                             ),
                         )
-                        .help("keep the references that matter most, or set `chain: false`"),
+                        .help(
+                            "list the references each shot needs under it (`references: [hero, \
+                             lighthouse]`), keep fewer images, or set `chain: false`",
+                        ),
                 );
             }
         }
@@ -309,14 +450,20 @@ impl Session {
                 continue;
             };
             let s = &cfg.shots[shot];
+            let recipe = self.segment_recipe(shot, None, None);
             for vb in &self.videos {
-                let params = self.video_params(shot, &vb.model);
                 let caps = vb.generator.capabilities(&vb.model);
-                for p in caps.check(vb.generator.name(), &params, s.motion.chars().count()) {
+                let r = SegmentRecipe {
+                    model: vb.model.clone(),
+                    ..recipe.clone()
+                };
+                for p in caps.check(vb.generator.name(), &r) {
                     let per_shot = match p.setting.as_str() {
                         "duration_seconds" => s.duration_seconds.is_some(),
                         "seed" => s.seed.is_some(),
                         "generate_audio" => s.generate_audio.is_some(),
+                        "mode" => s.mode.is_some(),
+                        "references" => s.references.is_some(),
                         "motion" => true,
                         _ => false,
                     };
@@ -334,11 +481,51 @@ impl Session {
         out
     }
 
-    pub(crate) fn video_params(&self, shot: usize, model: &str) -> VideoParams {
-        let v = &self.project.config.video;
-        let s = &self.project.config.shots[shot];
-        VideoParams {
-            model: model.to_string(),
+    /// The reference images a frame of shot `shot` sends: the shot's list, else all of them.
+    fn frame_refs(&self, shot: usize) -> Vec<&RefFile> {
+        match &self.project.config.shots[shot].references {
+            Some(names) => self
+                .refs
+                .iter()
+                .filter(|r| names.contains(&r.name))
+                .collect(),
+            None => self.refs.iter().collect(),
+        }
+    }
+
+    /// The recipe of shot `shot`'s segment, given the blobs of the frames it sends. The video
+    /// request is made from it alone, so nothing that changes the video can be missing from
+    /// its key.
+    pub(crate) fn segment_recipe(
+        &self,
+        shot: usize,
+        first: Option<String>,
+        last: Option<String>,
+    ) -> SegmentRecipe {
+        let cfg = &self.project.config;
+        let v = &cfg.video;
+        let s = &cfg.shots[shot];
+        let mode = cfg.video_mode(shot);
+        let frames = match (mode, v.keyframe_position) {
+            (VideoMode::FirstLast, _) => "start+end",
+            (VideoMode::References, _) => "references",
+            (VideoMode::Single, KeyframePosition::Last) => "end",
+            (VideoMode::Single, _) => "start",
+        };
+        let references = if mode == VideoMode::References {
+            cfg.video_references(shot)
+                .iter()
+                .filter_map(|name| {
+                    let r = self.refs.iter().find(|r| &r.name == name)?;
+                    Some((r.name.clone(), r.hash.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        SegmentRecipe {
+            backend: v.backend.clone(),
+            model: v.model.clone(),
             duration_seconds: s.duration_seconds.unwrap_or(v.duration_seconds),
             resolution: v.resolution.clone(),
             aspect_ratio: v.aspect_ratio.clone(),
@@ -348,7 +535,13 @@ impl Session {
                 .clone()
                 .unwrap_or_else(|| v.negative_prompt.clone()),
             seed: s.seed.or(v.seed),
-            first_last: v.mode == crate::project::VideoMode::FirstLast,
+            prompt: s.motion.clone(),
+            frames: frames.into(),
+            first,
+            last,
+            person_generation: v.person_generation.clone(),
+            sample_count: v.sample_count.max(1),
+            references,
         }
     }
 
@@ -364,6 +557,7 @@ impl Session {
                 prompt,
                 references,
                 input,
+                image_size: k.image_size.clone(),
             })
         };
         match &self.graph.nodes[i].kind {
@@ -389,8 +583,8 @@ impl Session {
                     FrameRole::End => s.end.clone(),
                 };
                 let mut references: Vec<(String, String)> = self
-                    .refs
-                    .iter()
+                    .frame_refs(*shot)
+                    .into_iter()
                     .map(|r| (r.name.clone(), r.hash.clone()))
                     .collect();
                 if let Some(a) = auto_reference {
@@ -398,28 +592,11 @@ impl Session {
                 }
                 frame(prompt, references, input.map(|d| blobs[&d].clone()))
             }
-            NodeKind::Segment { shot, first, last } => {
-                let p = self.video_params(*shot, &cfg.video.model);
-                let frames = match (cfg.video.mode, cfg.video.keyframe_position) {
-                    (crate::project::VideoMode::FirstLast, _) => "start+end",
-                    (_, crate::project::KeyframePosition::Last) => "end",
-                    _ => "start",
-                };
-                Body::Segment(SegmentRecipe {
-                    backend: cfg.video.backend.clone(),
-                    model: p.model,
-                    duration_seconds: p.duration_seconds,
-                    resolution: p.resolution,
-                    aspect_ratio: p.aspect_ratio,
-                    generate_audio: p.generate_audio,
-                    negative_prompt: p.negative_prompt,
-                    seed: p.seed,
-                    prompt: cfg.shots[*shot].motion.clone(),
-                    frames: frames.into(),
-                    first: first.map(|d| blobs[&d].clone()),
-                    last: last.map(|d| blobs[&d].clone()),
-                })
-            }
+            NodeKind::Segment { shot, first, last } => Body::Segment(self.segment_recipe(
+                *shot,
+                first.map(|d| blobs[&d].clone()),
+                last.map(|d| blobs[&d].clone()),
+            )),
             NodeKind::Final { segments } => Body::Final(FinalRecipe {
                 segments: segments.iter().map(|d| blobs[d].clone()).collect(),
                 stitch: stitch::STITCH_VERSION.into(),
@@ -428,7 +605,7 @@ impl Session {
     }
 
     /// The take pinned in ttv.yaml for node `i`, if any.
-    fn pinned_take(&self, i: usize) -> Option<u32> {
+    pub(crate) fn pinned_take(&self, i: usize) -> Option<u32> {
         let shots = &self.project.config.shots;
         match self.graph.nodes[i].kind {
             NodeKind::Frame { shot, role, .. } => match role {
@@ -583,8 +760,9 @@ impl Session {
                 reasons: Vec::new(),
                 take: None,
                 backend: None,
-                cost_usd: self.estimate(i),
+                cost_usd: self.estimate(i).unwrap_or(0.0),
                 error: None,
+                cost_unknown: self.estimate(i).is_none(),
             };
             if dirty_deps.is_empty() {
                 let plan = self.plan_node(i, &blobs)?;
@@ -597,6 +775,7 @@ impl Session {
                     report.blob = Some(hit.blob.clone());
                     report.backend = Some(hit.backend.clone());
                     report.cost_usd = hit.cost_usd;
+                    report.cost_unknown = false;
                     cached_plans.insert(i, plan);
                 } else {
                     dirty.insert(i);
@@ -616,19 +795,21 @@ impl Session {
         Ok(report)
     }
 
-    /// List price of generating node `i` once.
-    fn estimate(&self, i: usize) -> f64 {
+    /// List price of generating node `i` once (`None`: unknown).
+    pub(crate) fn estimate(&self, i: usize) -> Option<f64> {
         let cfg = &self.project.config;
         match self.graph.nodes[i].kind {
             NodeKind::Segment { shot, .. } => {
-                let p = self.video_params(shot, &cfg.video.model);
+                let r = self.segment_recipe(shot, None, None);
                 self.prices
-                    .video(&cfg.video.backend, &cfg.video.model, p.duration_seconds)
+                    .video(&cfg.video.backend, &cfg.video.model, &video_cost(&r))
             }
-            _ if generates_frame(&self.project, &self.graph, i) => self
-                .prices
-                .image(&cfg.keyframes.backend, &cfg.keyframes.model),
-            _ => 0.0,
+            _ if generates_frame(&self.project, &self.graph, i) => self.prices.image(
+                &cfg.keyframes.backend,
+                &cfg.keyframes.model,
+                cfg.keyframes.image_size.as_deref(),
+            ),
+            _ => Some(0.0),
         }
     }
 
@@ -675,6 +856,23 @@ impl Session {
                 .save(store)?;
         }
         Ok(())
+    }
+}
+
+/// What a segment's price depends on.
+pub(crate) fn video_cost(r: &SegmentRecipe) -> VideoCost {
+    VideoCost {
+        seconds: r.duration_seconds,
+        resolution: r.resolution.clone(),
+        audio: r.generate_audio,
+        samples: r.sample_count,
+    }
+}
+
+fn article(kind: models::Kind) -> &'static str {
+    match kind {
+        models::Kind::Image => "an",
+        _ => "a",
     }
 }
 

@@ -1,24 +1,10 @@
-//! List prices (DESIGN.md §10), for `plan`'s estimate and `build`'s spent and saved. Overridable
-//! per model under `prices:` in ttv.yaml.
+//! What generations cost: the model registry's list prices ([`crate::models`]), overridable per
+//! model under `prices:` in ttv.yaml. `None` is an unknown price, shown as unknown (never as $0).
 
 use std::collections::BTreeMap;
 
+use crate::models;
 use crate::project::PriceOverride;
-
-/// USD per image, by model prefix.
-const IMAGE_PRICES: &[(&str, f64)] = &[
-    ("gemini-2.5-flash-image", 0.039),
-    ("gemini-3-pro-image", 0.134),
-];
-
-/// USD per second of video, by model prefix (the longest matching prefix wins).
-const VIDEO_PRICES: &[(&str, f64)] = &[
-    ("veo-3.0-fast", 0.15),
-    ("veo-3.1-fast", 0.15),
-    ("veo-3.0", 0.40),
-    ("veo-3.1", 0.40),
-    ("veo-2.0", 0.50),
-];
 
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
@@ -32,60 +18,98 @@ impl PriceTable {
         }
     }
 
-    /// Price of one image. The preview backend is free.
-    pub fn image(&self, backend: &str, model: &str) -> f64 {
+    /// Price of one image of `size` (`None`: the model's default size). The preview backend is
+    /// free.
+    pub fn image(&self, backend: &str, model: &str, size: Option<&str>) -> Option<f64> {
         if backend == "preview" {
-            return 0.0;
+            return Some(0.0);
         }
         self.overrides
             .get(model)
             .and_then(|o| o.per_image)
-            .unwrap_or_else(|| lookup(IMAGE_PRICES, model))
+            .or_else(|| models::find(model)?.image_price(size))
     }
 
-    /// Price of one video of `seconds`.
-    pub fn video(&self, backend: &str, model: &str, seconds: u32) -> f64 {
+    /// Price of `samples` videos of `seconds` each.
+    pub fn video(&self, backend: &str, model: &str, v: &VideoCost) -> Option<f64> {
         if backend == "preview" {
-            return 0.0;
+            return Some(0.0);
         }
         let per_second = self
             .overrides
             .get(model)
             .and_then(|o| o.per_second)
-            .unwrap_or_else(|| lookup(VIDEO_PRICES, model));
-        per_second * f64::from(seconds)
+            .or_else(|| models::find(model)?.video_price(&v.resolution, v.audio))?;
+        Some(per_second * f64::from(v.seconds) * f64::from(v.samples.max(1)))
     }
 }
 
-fn lookup(table: &[(&str, f64)], model: &str) -> f64 {
-    table
-        .iter()
-        .filter(|(prefix, _)| model.starts_with(prefix))
-        .max_by_key(|(prefix, _)| prefix.len())
-        .map(|(_, p)| *p)
-        .unwrap_or(0.0)
+/// What a video's price depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoCost {
+    pub seconds: u32,
+    pub resolution: String,
+    pub audio: bool,
+    pub samples: u32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn video(seconds: u32, resolution: &str, audio: bool, samples: u32) -> VideoCost {
+        VideoCost {
+            seconds,
+            resolution: resolution.into(),
+            audio,
+            samples,
+        }
+    }
+
     #[test]
     fn list_prices_and_overrides() {
         let mut o = BTreeMap::new();
         let t = PriceTable::new(&o);
-        assert_eq!(t.image("gemini", "gemini-2.5-flash-image"), 0.039);
-        assert!((t.video("veo", "veo-3.0-generate-001", 8) - 3.2).abs() < 1e-9);
-        assert!((t.video("veo", "veo-3.0-fast-generate-001", 8) - 1.2).abs() < 1e-9);
-        assert_eq!(t.video("preview", "veo-3.0-generate-001", 8), 0.0);
+        let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(near(
+            t.image("gemini", "gemini-3-pro-image", Some("4K")),
+            0.24
+        ));
+        let veo = "veo-3.1-generate-001";
+        assert!(near(t.video("veo", veo, &video(8, "720p", true, 1)), 3.2));
+        assert!(near(t.video("veo", veo, &video(8, "720p", true, 2)), 6.4));
+        assert!(near(t.video("veo", veo, &video(8, "1080p", false, 1)), 1.6));
+        assert!(near(t.video("veo", veo, &video(8, "4k", true, 1)), 4.8));
+        assert!(near(
+            t.video(
+                "veo",
+                "veo-3.1-fast-generate-001",
+                &video(8, "720p", true, 1)
+            ),
+            1.2
+        ));
+        assert_eq!(
+            t.video("preview", veo, &video(8, "720p", true, 1)),
+            Some(0.0)
+        );
+        assert_eq!(t.video("veo", "veo-9", &video(8, "720p", true, 1)), None);
+        assert_eq!(t.image("gemini", "gemini-9-image", None), None);
         o.insert(
-            "veo-3.0-generate-001".to_string(),
+            veo.to_string(),
             PriceOverride {
                 per_image: None,
                 per_second: Some(0.08),
             },
         );
+        o.insert(
+            "gemini-9-image".to_string(),
+            PriceOverride {
+                per_image: Some(0.01),
+                per_second: None,
+            },
+        );
         let t = PriceTable::new(&o);
-        assert!((t.video("veo", "veo-3.0-generate-001", 8) - 0.64).abs() < 1e-9);
+        assert!(near(t.video("veo", veo, &video(8, "4k", true, 1)), 0.64));
+        assert!(near(t.image("gemini", "gemini-9-image", None), 0.01));
     }
 }

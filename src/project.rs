@@ -47,6 +47,9 @@ pub struct KeyframeSettings {
     pub backend: String,
     pub model: String,
     pub aspect_ratio: String,
+    /// `imageConfig.imageSize` (`1K`, `2K`, `4K`; the model registry says which a model takes).
+    /// Unset: the model's default size, and no imageSize in the request.
+    pub image_size: Option<String>,
     /// Folder of reference images, relative to the project.
     pub references: String,
     pub auto_reference: bool,
@@ -63,8 +66,9 @@ impl Default for KeyframeSettings {
     fn default() -> Self {
         KeyframeSettings {
             backend: "gemini".into(),
-            model: "gemini-2.5-flash-image".into(),
+            model: "gemini-3.1-flash-image".into(),
             aspect_ratio: "16:9".into(),
+            image_size: None,
             references: "references".into(),
             auto_reference: true,
             chain: true,
@@ -79,8 +83,22 @@ impl Default for KeyframeSettings {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum VideoMode {
+    /// One keyframe in (`keyframe_position` says which).
     Single,
+    /// The shot's start and end frames in (`image` and `lastFrame`).
     FirstLast,
+    /// No keyframe: the motion prompt and up to a few reference images (`referenceImages`).
+    References,
+}
+
+impl VideoMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoMode::Single => "single",
+            VideoMode::FirstLast => "first-last",
+            VideoMode::References => "references",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -115,6 +133,11 @@ pub struct VideoSettings {
     pub negative_prompt: String,
     pub seed: Option<u64>,
     pub person_generation: Option<String>,
+    /// `sampleCount`: videos one request makes (each becomes a take of the segment).
+    pub sample_count: u32,
+    /// Reference images (file stems in the references folder) of `mode: references` shots
+    /// that do not list their own.
+    pub references: Vec<String>,
     /// Vertex only: `gs://...` prefix where Veo writes the videos instead of returning them inline.
     pub storage_uri: Option<String>,
     pub fallback: Vec<FallbackBackend>,
@@ -135,7 +158,7 @@ impl Default for VideoSettings {
         VideoSettings {
             backend: "veo".into(),
             api: VeoApi::Vertex,
-            model: "veo-3.0-generate-001".into(),
+            model: "veo-3.1-generate-001".into(),
             mode: VideoMode::Single,
             keyframe_position: KeyframePosition::First,
             duration_seconds: 8,
@@ -145,6 +168,8 @@ impl Default for VideoSettings {
             negative_prompt: String::new(),
             seed: None,
             person_generation: None,
+            sample_count: 1,
+            references: Vec::new(),
             storage_uri: None,
             fallback: Vec::new(),
             jobs: 2,
@@ -219,6 +244,13 @@ pub struct Shot {
     pub seed: Option<u64>,
     #[serde(default)]
     pub generate_audio: Option<bool>,
+    /// Overrides `video.mode` for this shot.
+    #[serde(default)]
+    pub mode: Option<VideoMode>,
+    /// The reference images (file stems) this shot's keyframes send, and its video in
+    /// references mode. Unset: every reference image (keyframes), `video.references` (video).
+    #[serde(default)]
+    pub references: Option<Vec<String>>,
     /// Pins the take of the shot's segment.
     #[serde(default)]
     pub take: Option<u32>,
@@ -351,6 +383,7 @@ impl Project {
         let mut errors = project.check_settings();
         errors.extend(project.check_shots());
         errors.extend(project.scan_references());
+        errors.extend(project.check_reference_lists());
         project.note_api_keys();
         if errors.is_empty() {
             return Ok(project);
@@ -911,6 +944,123 @@ impl Project {
                 ));
             }
         }
+    }
+}
+
+impl Config {
+    /// The video mode of shot `shot`: its own `mode`, else `video.mode`.
+    pub fn video_mode(&self, shot: usize) -> VideoMode {
+        self.shots[shot].mode.unwrap_or(self.video.mode)
+    }
+
+    /// The reference names a shot's video sends in references mode.
+    pub fn video_references(&self, shot: usize) -> &[String] {
+        self.shots[shot]
+            .references
+            .as_deref()
+            .unwrap_or(&self.video.references)
+    }
+}
+
+impl Project {
+    /// `references:` lists (a shot's, `video.references`) name files of the references folder,
+    /// seeds fit Veo's uint32, and the video modes have what they need.
+    fn check_reference_lists(&self) -> Vec<ProjectError> {
+        let c = &self.config;
+        let mut errors = Vec::new();
+        let known: Vec<&str> = self.references.iter().map(|r| r.name.as_str()).collect();
+        let mut check_names = |at: String, names: &[String]| {
+            for (j, name) in names.iter().enumerate() {
+                if known.contains(&name.as_str()) {
+                    continue;
+                }
+                let close = known
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(k, name), *k))
+                    .filter(|(score, _)| *score > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                let help = match close {
+                    Some((_, k)) => format!("did you mean `{k}`?"),
+                    None if known.is_empty() => format!(
+                        "put `{name}.png` (or .jpg, .webp) in {}/",
+                        c.keyframes.references
+                    ),
+                    None => format!("the references are: {}", known.join(", ")),
+                };
+                errors.push(
+                    self.error_at(
+                        &format!("{at}.{j}"),
+                        format!("`{at}` names `{name}`, which is not in the references folder"),
+                    )
+                    .help(help),
+                );
+            }
+        };
+        check_names("video.references".into(), &c.video.references);
+        for (i, shot) in c.shots.iter().enumerate() {
+            if let Some(names) = &shot.references {
+                check_names(format!("shots.{i}.references"), names);
+            }
+        }
+        let uses_references = (0..c.shots.len()).any(|i| c.video_mode(i) == VideoMode::References);
+        if !c.video.references.is_empty() && !uses_references {
+            errors.push(
+                self.error_at(
+                    "video.references",
+                    format!(
+                        "`video.references` is for `mode: references`, and no shot uses it \
+                         (video.mode is {}): Veo does not take reference images together \
+                         with a start or last frame",
+                        c.video.mode.as_str()
+                    ),
+                )
+                .help(
+                    "remove `video.references` (keyframes use `keyframes.references` and each \
+                     shot's `references:`), or set `mode: references`",
+                ),
+            );
+        }
+        for (i, shot) in c.shots.iter().enumerate() {
+            if c.video_mode(i) == VideoMode::References && c.video_references(i).is_empty() {
+                errors.push(
+                    self.error_at(
+                        &format!("shots.{i}"),
+                        format!(
+                            "shot `{}` is in `mode: references` but names no reference image",
+                            shot.id
+                        ),
+                    )
+                    .help(
+                        "add `references: [name, ...]` under the shot (file stems in the \
+                         references folder), or `video.references`",
+                    ),
+                );
+            }
+        }
+        let seeds = std::iter::once(("video.seed".to_string(), c.video.seed)).chain(
+            c.shots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("shots.{i}.seed"), s.seed)),
+        );
+        for (at, seed) in seeds {
+            if let Some(seed) = seed.filter(|s| *s > u64::from(u32::MAX)) {
+                errors.push(
+                    self.error_at(&at, format!("`{at}` is {seed}, more than Veo takes"))
+                        .help(format!("use a seed from 0 to {}", u32::MAX)),
+                );
+            }
+        }
+        if c.video.sample_count == 0 {
+            errors.push(
+                self.error_at(
+                    "video.sample_count",
+                    "`video.sample_count` must be at least 1",
+                )
+                .help("it is how many videos (takes) one request makes, e.g. 1"),
+            );
+        }
+        errors
     }
 }
 

@@ -470,7 +470,7 @@ mod tests {
         let out = PreviewVideo.generate(req, &ctx).await.unwrap();
         assert!(statuses.lock().unwrap().iter().any(|s| s == "encoding"));
         let path = dir.join(name);
-        out.mp4.persist(&path).unwrap();
+        out.mp4s.into_iter().next().unwrap().persist(&path).unwrap();
         path
     }
 
@@ -497,7 +497,7 @@ mod tests {
         let end = frame(dir, "the storm arrives", Some(start.clone())).await;
 
         let mut fade = video_request("the sky darkens", "s1", "16:9", true);
-        fade.params.first_last = true;
+        fade.recipe.frames = "start+end".into();
         fade.first = Some(png_input("first", start.clone()));
         fade.last = Some(png_input("last", end.clone()));
         let fade_path = clip(dir, "fade.mp4", &fade).await;
@@ -516,7 +516,7 @@ mod tests {
         assert_close(probe_duration(&fade_path).await.unwrap(), 1.0, "fade");
 
         let mut tall = video_request("waves", "s2", "9:16", false);
-        tall.params.duration_seconds = 2;
+        tall.recipe.duration_seconds = 2;
         tall.last = Some(png_input("last", end.clone()));
         let tall_path = clip(dir, "tall.mp4", &tall).await;
         let tall_probe = probe(&tall_path).await.unwrap();

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::backends::OperationLog;
+use crate::backends::{OperationLog, Pending};
 
 /// The schema a cache is at: version 1 ([`SCHEMA`]) plus every step of [`MIGRATIONS`].
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -50,6 +50,12 @@ const MIGRATIONS: &[&str] = &[
     // 200 shots).
     "CREATE INDEX actions_cover ON actions(base_key, take, key, blob, size, backend, cost_usd);
      DROP INDEX actions_by_base;",
+    // 3: provenance of each generation (what the service reported, what was sent), and
+    // submissions recorded before they are sent: `intent` (sending), `uncertain` (sent, no
+    // answer read), `submitted` (the operation is named).
+    "ALTER TABLE actions ADD COLUMN provenance TEXT;
+     ALTER TABLE operations ADD COLUMN state TEXT NOT NULL DEFAULT 'submitted';
+     ALTER TABLE operations ADD COLUMN detail TEXT;",
 ];
 
 /// Seconds since the epoch.
@@ -82,6 +88,8 @@ pub struct Action {
     pub take: u32,
     /// Size of the blob in bytes.
     pub size: u64,
+    /// JSON: `model_version`, `response_id` and `params` as the service reported and ttv sent.
+    pub provenance: Option<String>,
 }
 
 /// What a node needs of a cached result. The plan's lookups read only these columns, from the
@@ -129,7 +137,7 @@ fn hit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hit> {
 /// joined from `blobs`): a lookup is one index probe on one table, no join, no sort. The recipe
 /// (a kilobyte or more per row) is read only when asked for, by [`Store::recipe_json`].
 const ACTION_SELECT: &str = "SELECT key, base_key, node_kind, node_id, blob,
-    media_type, backend, model, created_at, gen_ms, cost_usd, take, size FROM actions";
+    media_type, backend, model, created_at, gen_ms, cost_usd, take, size, provenance FROM actions";
 
 /// A stat-cache row: the hash of a file as it was when last read.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,8 +382,8 @@ impl Store {
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO actions(key, base_key, node_kind, node_id, recipe_json, blob,
-                media_type, backend, model, created_at, gen_ms, cost_usd, take, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                media_type, backend, model, created_at, gen_ms, cost_usd, take, size, provenance)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 a.key,
                 a.base_key,
@@ -390,7 +398,8 @@ impl Store {
                 a.gen_ms,
                 a.cost_usd,
                 a.take,
-                a.size as i64
+                a.size as i64,
+                a.provenance
             ],
         )?;
         tx.commit()?;
@@ -559,6 +568,7 @@ fn action_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Action> {
         cost_usd: r.get(10)?,
         take: r.get(11)?,
         size: r.get::<_, i64>(12)? as u64,
+        provenance: r.get(13)?,
     })
 }
 
@@ -654,18 +664,59 @@ fn upgrade(conn: &Connection) -> Result<()> {
 }
 
 impl OperationLog for Store {
-    fn pending(&self, key: &str, backend: &str) -> Option<String> {
+    fn pending(&self, key: &str, backend: &str) -> Option<Pending> {
         let conn = self.conn();
         let mut st = conn
-            .prepare_cached("SELECT operation_name FROM operations WHERE key = ?1 AND backend = ?2")
+            .prepare_cached(
+                "SELECT operation_name, state, submitted_at, detail FROM operations
+                 WHERE key = ?1 AND backend = ?2",
+            )
             .ok()?;
-        st.query_row([key, backend], |r| r.get(0)).optional().ok()?
+        let row: (String, String, i64, Option<String>) = st
+            .query_row([key, backend], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .ok()??;
+        let (name, state, since, detail) = row;
+        Some(match state.as_str() {
+            "submitted" if !name.is_empty() => Pending::Operation(name),
+            // An intent still there was sent by a build that ended (killed, crashed) before the
+            // answer was recorded.
+            "intent" => Pending::Uncertain {
+                since,
+                detail: "the build that sent it ended before its answer was recorded".into(),
+            },
+            _ => Pending::Uncertain {
+                since,
+                detail: detail.unwrap_or_else(|| "no answer was read".into()),
+            },
+        })
+    }
+
+    fn intend(&self, key: &str, backend: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state)
+             VALUES (?1, ?2, '', ?3, 'intent')",
+            params![key, backend, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    fn uncertain(&self, key: &str, backend: &str, detail: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state,
+                detail)
+             VALUES (?1, ?2, '', ?3, 'uncertain', ?4)",
+            params![key, backend, now_secs(), detail],
+        )?;
+        Ok(())
     }
 
     fn record(&self, key: &str, backend: &str, operation_name: &str) -> Result<()> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state)
+             VALUES (?1, ?2, ?3, ?4, 'submitted')",
             params![key, backend, operation_name, now_secs()],
         )?;
         Ok(())

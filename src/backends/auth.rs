@@ -83,12 +83,13 @@ impl VertexTarget {
         Ok(VertexTarget { project, location })
     }
 
-    /// `https://{L}-aiplatform.googleapis.com`, or the global endpoint for `global`.
+    /// The host the SDK uses for a location: `https://{L}-aiplatform.googleapis.com`, the
+    /// global endpoint for `global`, and the multi-region hosts for `us` and `eu`.
     pub fn default_base_url(&self) -> String {
-        if self.location == "global" {
-            "https://aiplatform.googleapis.com".into()
-        } else {
-            format!("https://{}-aiplatform.googleapis.com", self.location)
+        match self.location.as_str() {
+            "global" => "https://aiplatform.googleapis.com".into(),
+            multi @ ("us" | "eu") => format!("https://aiplatform.{multi}.rep.googleapis.com"),
+            region => format!("https://{region}-aiplatform.googleapis.com"),
         }
     }
 }

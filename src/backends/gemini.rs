@@ -14,15 +14,18 @@ use serde_json::{Value, json};
 
 use super::http::{CallError, Failure, Http, key_header, send_json};
 use super::{
-    FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, auth,
+    FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, Provenance, auth,
 };
 use crate::error::ProjectError;
+use crate::models::{self, ImageCaps};
 use crate::project::Project;
 use crate::secret::Secret;
 
 /// `TTV_GEMINI_BASE_URL`: where the Gemini API is (tests point it at a local server).
 pub const BASE_URL_ENV: &str = "TTV_GEMINI_BASE_URL";
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+/// The API version of generateContent and models.get, as the SDK (google-genai 3.6) uses it.
+pub const API_VERSION: &str = "v1";
 
 /// The whole inline request (API.md).
 pub const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
@@ -30,9 +33,6 @@ pub const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 pub const MAX_IMAGE_BYTES: usize = 7 * 1024 * 1024;
 /// Room for the JSON around the images and the label texts.
 const REQUEST_OVERHEAD: usize = 16 * 1024;
-const ASPECT_RATIOS: &[&str] = &[
-    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
-];
 /// A finishReason / blockReason that means the content was refused (not charged, never retried).
 const SAFETY_REASONS: &[&str] = &[
     "SAFETY",
@@ -78,7 +78,10 @@ impl GeminiFrames {
 
     fn url(&self, model: &str) -> String {
         let model = model.strip_prefix("models/").unwrap_or(model);
-        format!("{}/v1beta/models/{model}:generateContent", self.base_url)
+        format!(
+            "{}/{API_VERSION}/models/{model}:generateContent",
+            self.base_url
+        )
     }
 }
 
@@ -88,14 +91,9 @@ impl FrameGenerator for GeminiFrames {
         "gemini"
     }
 
-    /// Google documents gemini-2.5-flash-image as working best with up to 3 input images; the
-    /// request itself takes up to 14.
-    fn capabilities(&self, _model: &str) -> FrameCaps {
-        FrameCaps {
-            aspect_ratios: ASPECT_RATIOS.to_vec(),
-            max_input_images: 14,
-            max_request_bytes: MAX_REQUEST_BYTES,
-        }
+    /// The model registry's (conservative ones for a model it does not know).
+    fn capabilities(&self, model: &str) -> ImageCaps {
+        models::image_caps(model)
     }
 
     async fn generate(
@@ -111,12 +109,13 @@ impl FrameGenerator for GeminiFrames {
             .map_err(|e| GenError::Permanent(format!("cannot encode the request: {e}")))?;
         let url = self.url(&req.model);
         let (url, body) = (&url, &body);
-        let (png, model_version) = self
+        let (png, mut provenance) = self
             .http
-            .retry(
+            .retry_counting(
                 "gemini generateContent",
                 &[&self.key],
                 &*ctx.status,
+                &ctx.uncertain,
                 || async move {
                     let answer = send_json(
                         &self.http,
@@ -128,17 +127,18 @@ impl FrameGenerator for GeminiFrames {
                             .body(body.clone()),
                     )
                     .await?;
-                    let (raw, model_version) = image_of(&answer)?;
+                    let (raw, provenance) = image_of(&answer)?;
                     let png = tokio::task::spawn_blocking(move || to_png(&raw))
                         .await
                         .map_err(|e| Failure::Garbled(e.to_string()))?
                         .map_err(Failure::Garbled)?;
-                    Ok((png, model_version))
+                    Ok((png, provenance))
                 },
             )
             .await
             .map_err(CallError::into_gen_error)?;
-        Ok(FrameOutput { png, model_version })
+        provenance.params = Some(generation_config(req));
+        Ok(FrameOutput { png, provenance })
     }
 }
 
@@ -184,11 +184,20 @@ fn request_body(req: &FrameRequest) -> Result<Value, GenError> {
     }
     Ok(json!({
         "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {
-            "responseModalities": ["TEXT", "IMAGE"],
-            "imageConfig": {"aspectRatio": req.aspect_ratio},
-        },
+        "generationConfig": generation_config(req),
     }))
+}
+
+/// `generationConfig`: what the provenance of a frame records as its parameters.
+fn generation_config(req: &FrameRequest) -> Value {
+    let mut image_config = json!({"aspectRatio": req.aspect_ratio});
+    if let Some(size) = &req.image_size {
+        image_config["imageSize"] = json!(size);
+    }
+    json!({
+        "responseModalities": ["TEXT", "IMAGE"],
+        "imageConfig": image_config,
+    })
 }
 
 /// Halves the largest image until the base64 of all of them fits in `limit` bytes of request.
@@ -299,11 +308,13 @@ fn to_png(raw: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The first inline image of the answer, base64-decoded, and `modelVersion`. No image: a
 /// safety block or a permanent failure saying why.
-fn image_of(answer: &Value) -> Result<(Vec<u8>, Option<String>), Failure> {
-    let model_version = answer
-        .get("modelVersion")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+fn image_of(answer: &Value) -> Result<(Vec<u8>, Provenance), Failure> {
+    let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
+    let provenance = Provenance {
+        model_version: text("modelVersion"),
+        response_id: text("responseId"),
+        params: None,
+    };
     let parts = answer
         .get("candidates")
         .and_then(Value::as_array)
@@ -327,7 +338,7 @@ fn image_of(answer: &Value) -> Result<(Vec<u8>, Option<String>), Failure> {
         let bytes = BASE64.decode(b64).map_err(|e| {
             Failure::Garbled(format!("the returned image is not valid base64: {e}"))
         })?;
-        return Ok((bytes, model_version));
+        return Ok((bytes, provenance));
     }
     Err(Failure::Final(no_image(answer)))
 }
@@ -388,7 +399,6 @@ mod tests {
 
     use super::*;
     use crate::backends::http::test_server::{Reply, serve};
-    use crate::backends::{GenContext, OperationLog};
 
     /// Noise does not compress: the encoded size follows the pixel count.
     fn noise(w: u32, h: u32, format: ImageFormat) -> Vec<u8> {
@@ -415,8 +425,9 @@ mod tests {
 
     fn frame_request() -> FrameRequest {
         FrameRequest {
-            model: "gemini-2.5-flash-image".into(),
+            model: "gemini-3.1-flash-image".into(),
             aspect_ratio: "16:9".into(),
+            image_size: Some("2K".into()),
             prompt: "A storm over the sea".into(),
             input_image: Some(input("input", "image/png", noise(8, 8, ImageFormat::Png))),
             references: vec![
@@ -461,7 +472,7 @@ mod tests {
         assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
         assert_eq!(
             body["generationConfig"],
-            json!({"responseModalities": ["TEXT", "IMAGE"], "imageConfig": {"aspectRatio": "16:9"}})
+            json!({"responseModalities": ["TEXT", "IMAGE"], "imageConfig": {"aspectRatio": "16:9", "imageSize": "2K"}})
         );
         assert!(!body.to_string().contains("inline_data"));
     }
@@ -575,23 +586,12 @@ mod tests {
         let answer = json!({"candidates": [{"content": {"parts": [{"text": "Sure."},
             {"inlineData": {"mimeType": "image/png", "data": BASE64.encode(&png)}}]},
             "finishReason": "STOP"}], "modelVersion": "gemini-2.5-flash-image-001"});
-        let (bytes, version) = image_of(&answer).unwrap();
+        let (bytes, provenance) = image_of(&answer).unwrap();
         assert_eq!(bytes, png);
-        assert_eq!(version.as_deref(), Some("gemini-2.5-flash-image-001"));
-    }
-
-    struct NoOperations;
-
-    impl OperationLog for NoOperations {
-        fn pending(&self, _: &str, _: &str) -> Option<String> {
-            None
-        }
-        fn record(&self, _: &str, _: &str, _: &str) -> anyhow::Result<()> {
-            anyhow::bail!("frames have no operations")
-        }
-        fn clear(&self, _: &str) -> anyhow::Result<()> {
-            anyhow::bail!("frames have no operations")
-        }
+        assert_eq!(
+            provenance.model_version.as_deref(),
+            Some("gemini-2.5-flash-image-001")
+        );
     }
 
     #[tokio::test]
@@ -617,17 +617,14 @@ mod tests {
             .with_first_delay(Duration::from_millis(5));
         let backend = GeminiFrames::new(format!("{base}/"), Secret::new("test-key-123"), http);
         let tmp = tempfile::tempdir().unwrap();
-        let ctx = GenContext {
-            node_id: "frame/storm/end".into(),
-            key: "k".into(),
-            tmp_dir: tmp.path().to_path_buf(),
-            operations: Arc::new(NoOperations),
-            status: Arc::new(|_| {}),
-        };
+        let (ctx, _) = crate::backends::testing::context(tmp.path(), Arc::default());
         let out = backend.generate(&frame_request(), &ctx).await.unwrap();
         let img = image::load_from_memory_with_format(&out.png, ImageFormat::Png).unwrap();
         assert_eq!((img.width(), img.height()), (32, 18));
-        assert_eq!(out.model_version.as_deref(), Some("gemini-2.5-flash-image"));
+        assert_eq!(
+            out.provenance.model_version.as_deref(),
+            Some("gemini-2.5-flash-image")
+        );
 
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 2);
@@ -635,7 +632,7 @@ mod tests {
         assert_eq!(seen.method, "POST");
         assert_eq!(
             seen.target,
-            "/v1beta/models/gemini-2.5-flash-image:generateContent"
+            "/v1/models/gemini-3.1-flash-image:generateContent"
         );
         assert_eq!(
             seen.header("x-goog-api-key").as_deref(),

@@ -152,9 +152,13 @@ pub enum Failure {
         error: ApiError,
         retry_after: Option<Duration>,
     },
-    /// Connect, timeout, reset, truncated body.
+    /// The request never reached the service (connect failed): nothing was done there.
     Transport(String),
-    /// A 200 whose body is not what it must be (not JSON, undecodable payload).
+    /// The request was (or may have been) sent and no answer was read: a timeout, a reset, a
+    /// body cut short. The service may have done the work, and billed it.
+    Unanswered(String),
+    /// A 200 whose body is not what it must be (not JSON, undecodable payload): the work was
+    /// done and billed, and its result is lost.
     Garbled(String),
     /// The caller's verdict on a well-formed answer (a safety block, a missing field): not
     /// retried, passed through as is.
@@ -169,7 +173,11 @@ impl Failure {
             text.push_str(&format!(": {s}"));
             source = s.source();
         }
-        Failure::Transport(text)
+        if e.is_connect() {
+            Failure::Transport(text)
+        } else {
+            Failure::Unanswered(text)
+        }
     }
 
     fn retryable(&self) -> bool {
@@ -177,8 +185,19 @@ impl Failure {
             Failure::Api { error, .. } => {
                 matches!(error.http_status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            Failure::Transport(_) | Failure::Garbled(_) => true,
+            Failure::Transport(_) | Failure::Unanswered(_) | Failure::Garbled(_) => true,
             Failure::Final(_) => false,
+        }
+    }
+
+    /// Whether the service may have done (and billed) the work without ttv getting it: no
+    /// answer read, an unreadable 200, or a 5xx that is not Google's own error answer (a proxy
+    /// or load balancer speaking, after the request may have reached the model).
+    pub fn uncertain(&self) -> bool {
+        match self {
+            Failure::Unanswered(_) | Failure::Garbled(_) => true,
+            Failure::Api { error, .. } => error.http_status >= 500 && error.status.is_none(),
+            Failure::Transport(_) | Failure::Final(_) => false,
         }
     }
 
@@ -192,7 +211,7 @@ impl Failure {
     fn describe(&self) -> String {
         match self {
             Failure::Api { error, .. } => error.to_string(),
-            Failure::Transport(t) | Failure::Garbled(t) => t.clone(),
+            Failure::Transport(t) | Failure::Unanswered(t) | Failure::Garbled(t) => t.clone(),
             Failure::Final(e) => e.to_string(),
         }
     }
@@ -212,6 +231,11 @@ impl CallError {
             Failure::Api { error, .. } => Some(error.http_status),
             _ => None,
         }
+    }
+
+    /// Whether the last attempt's outcome is unknown (see [`Failure::uncertain`]).
+    pub fn uncertain(&self) -> bool {
+        self.failure.uncertain()
     }
 
     pub fn into_gen_error(self) -> GenError {
@@ -246,7 +270,10 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
     if let Some(c) = CLIENT.get() {
         return Ok(c.clone());
     }
+    // No redirect is followed for ttv: an API key or token must reach only the host it is
+    // for, so a redirect is the caller's to follow (see [`download`]).
     let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("ttv/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -296,9 +323,70 @@ impl Http {
 
     /// Runs `attempt` until it succeeds, fails for good, or `max_retries` retries are spent.
     /// `what` names the call in messages; `secrets` are masked out of them; `status` hears
-    /// about each wait.
+    /// about each wait. For calls that cost nothing or may be paid twice (an image: the report
+    /// counts every attempt whose outcome is unknown in `uncertain`).
     pub async fn retry<T, F, Fut>(
         &self,
+        what: &str,
+        secrets: &[&Secret],
+        status: &(dyn Fn(String) + Send + Sync),
+        attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.retry_as(Resend::Always, what, secrets, status, attempt)
+            .await
+    }
+
+    /// Like [`Http::retry`], for a request that starts paid work which must never run twice (a
+    /// Veo submission): an attempt whose outcome is unknown is not sent again, and the error
+    /// says so ([`CallError::uncertain`]).
+    pub async fn retry_unless_uncertain<T, F, Fut>(
+        &self,
+        what: &str,
+        secrets: &[&Secret],
+        status: &(dyn Fn(String) + Send + Sync),
+        attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.retry_as(Resend::OnlyIfCertain, what, secrets, status, attempt)
+            .await
+    }
+
+    /// Counts the attempts of `attempt` whose outcome is unknown into `uncertain`.
+    pub async fn retry_counting<T, F, Fut>(
+        &self,
+        what: &str,
+        secrets: &[&Secret],
+        status: &(dyn Fn(String) + Send + Sync),
+        uncertain: &AtomicU32,
+        mut attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.retry_as(Resend::Always, what, secrets, status, || {
+            let fut = attempt();
+            async move {
+                let result = fut.await;
+                if result.as_ref().is_err_and(Failure::uncertain) {
+                    uncertain.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            }
+        })
+        .await
+    }
+
+    async fn retry_as<T, F, Fut>(
+        &self,
+        resend: Resend,
         what: &str,
         secrets: &[&Secret],
         status: &(dyn Fn(String) + Send + Sync),
@@ -321,7 +409,7 @@ impl Http {
             attempt()
         })
         .retry(backoff)
-        .when(Failure::retryable)
+        .when(|f| f.retryable() && !(resend == Resend::OnlyIfCertain && f.uncertain()))
         // The server's own delay wins over the schedule, but only while retries remain.
         .adjust(|f, planned| {
             let planned = planned?;
@@ -350,6 +438,13 @@ impl Http {
             CallError { failure, message }
         })
     }
+}
+
+/// Whether an attempt with an unknown outcome may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    Always,
+    OnlyIfCertain,
 }
 
 fn scrub(secrets: &[&Secret], text: &str) -> String {
@@ -397,17 +492,41 @@ pub async fn send_json(http: &Http, req: reqwest::RequestBuilder) -> Result<Valu
     read_json(resp).await
 }
 
+/// What a download ended with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Downloaded {
+    /// The body, this many bytes, is in the file.
+    Written(u64),
+    /// A redirect to this absolute URL: the caller decides which credentials go there.
+    Redirect(String),
+}
+
 /// Streams the answer to `req` into `path` (truncated first). The timeout applies to the
-/// headers and to every pause in the stream, not to the whole download.
+/// headers and to every pause in the stream, not to the whole download. Redirects are not
+/// followed here (the client follows none): credentials must not follow them to another host.
 pub async fn download(
     http: &Http,
     req: reqwest::RequestBuilder,
     path: &std::path::Path,
-) -> Result<u64, Failure> {
+) -> Result<Downloaded, Failure> {
     let resp = tokio::time::timeout(http.timeout, req.send())
         .await
-        .map_err(|_| Failure::Transport(format!("no answer within {:?}", http.timeout)))?
+        .map_err(|_| Failure::Unanswered(format!("no answer within {:?}", http.timeout)))?
         .map_err(|e| Failure::from_reqwest("sending the request", &e))?;
+    if resp.status().is_redirection() {
+        let target = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .ok_or_else(|| {
+                Failure::Final(GenError::Permanent(format!(
+                    "HTTP {} without a usable Location header",
+                    resp.status()
+                )))
+            })?;
+        return Ok(Downloaded::Redirect(target.to_string()));
+    }
     if !resp.status().is_success() {
         return Err(api_failure(resp).await);
     }
@@ -423,7 +542,7 @@ pub async fn download(
         let chunk = tokio::time::timeout(http.timeout, stream.next())
             .await
             .map_err(|_| {
-                Failure::Transport(format!(
+                Failure::Unanswered(format!(
                     "the download stalled for {:?} after {written} bytes",
                     http.timeout
                 ))
@@ -444,7 +563,7 @@ pub async fn download(
             path.display()
         )))
     })?;
-    Ok(written)
+    Ok(Downloaded::Written(written))
 }
 
 /// A real HTTP server on 127.0.0.1 that answers from a closure and records every request.

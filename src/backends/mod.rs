@@ -8,15 +8,20 @@ pub mod auth;
 pub mod gemini;
 pub mod http;
 pub mod preview;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod veo;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use async_trait::async_trait;
 
 use crate::error::ProjectError;
+use crate::models;
 use crate::project::{Project, VeoApi};
+use crate::recipe::SegmentRecipe;
 
 /// An image sent to a backend: already normalized to PNG bytes by the store.
 #[derive(Debug, Clone)]
@@ -27,11 +32,14 @@ pub struct ImageInput {
     pub bytes: Arc<Vec<u8>>,
 }
 
-/// Everything a frame backend needs for one image.
+/// Everything a frame backend needs for one image: the recipe's fields and the images its
+/// hashes name.
 #[derive(Debug, Clone)]
 pub struct FrameRequest {
     pub model: String,
     pub aspect_ratio: String,
+    /// `imageConfig.imageSize`, when one is asked for.
+    pub image_size: Option<String>,
     pub prompt: String,
     /// The image to edit (the previous frame in the chain), if any.
     pub input_image: Option<ImageInput>,
@@ -41,43 +49,49 @@ pub struct FrameRequest {
     pub key: String,
 }
 
+/// What the service said about a generation, kept with the result (`ttv takes` shows it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Provenance {
+    /// What the service says it ran (`modelVersion`), if it says.
+    pub model_version: Option<String>,
+    /// `responseId` of an answer, or the name of a long-running operation.
+    pub response_id: Option<String>,
+    /// The request's parameters as sent (everything but the prompt and the image bytes).
+    pub params: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone)]
 pub struct FrameOutput {
     /// PNG bytes (backends normalize whatever the service returned).
     pub png: Vec<u8>,
-    /// What the service says it ran (`modelVersion`), if it says.
-    pub model_version: Option<String>,
-}
-
-/// Video settings of one segment after per-shot overrides: the api-independent part that is
-/// also in the cache key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoParams {
-    pub model: String,
-    pub duration_seconds: u32,
-    pub resolution: String,
-    pub aspect_ratio: String,
-    pub generate_audio: bool,
-    pub negative_prompt: String,
-    pub seed: Option<u64>,
-    /// Whether a last frame is sent (`mode: first-last`).
-    pub first_last: bool,
+    pub provenance: Provenance,
 }
 
 #[derive(Debug, Clone)]
 pub struct VideoRequest {
-    pub params: VideoParams,
-    pub prompt: String,
+    /// The segment's recipe; a fallback backend gets it with its own model.
+    pub recipe: SegmentRecipe,
     /// The first frame (single mode sends exactly one of `first` / `last`).
     pub first: Option<ImageInput>,
     pub last: Option<ImageInput>,
+    /// References mode: the `referenceImages`, in the recipe's order.
+    pub references: Vec<ImageInput>,
     pub key: String,
+}
+
+impl VideoRequest {
+    /// Whether both the first and the last frame are sent (`mode: first-last`).
+    pub fn first_last(&self) -> bool {
+        self.recipe.frames == "start+end"
+    }
 }
 
 #[derive(Debug)]
 pub struct VideoOutput {
-    /// An MP4 file under the store's tmp folder; the store hashes it and moves it into place.
-    pub mp4: tempfile::TempPath,
+    /// MP4 files under the store's tmp folder, one per sample (`sample_count`); the store
+    /// hashes them and moves them into place.
+    pub mp4s: Vec<tempfile::TempPath>,
+    pub provenance: Provenance,
 }
 
 /// What the scheduler lends a backend for one generation.
@@ -91,12 +105,31 @@ pub struct GenContext {
     pub operations: Arc<dyn OperationLog>,
     /// Short status for the progress display ("polling, 1m20s").
     pub status: Arc<dyn Fn(String) + Send + Sync>,
+    /// Requests whose outcome is unknown (sent, then no readable answer) and so may have been
+    /// billed: the report counts them.
+    pub uncertain: Arc<AtomicU32>,
+    /// `--force`: a submission recorded as uncertain may be sent again.
+    pub resubmit: bool,
+}
+
+/// A recorded submission of a long-running operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// The service named the operation: poll it.
+    Operation(String),
+    /// A submission was sent and no answer was read (a crash, a reset, a timeout after the
+    /// body went out): the job may exist and be billed. Not sent again without `--force`.
+    Uncertain { since: i64, detail: String },
 }
 
 /// The `operations` table, as backends see it. Keyed by the node's cache key.
 pub trait OperationLog: Send + Sync {
-    /// The operation submitted earlier for this key by `backend`, if one is recorded.
-    fn pending(&self, key: &str, backend: &str) -> Option<String>;
+    /// What was submitted earlier for this key by `backend`, if anything.
+    fn pending(&self, key: &str, backend: &str) -> Option<Pending>;
+    /// Records that a submission is about to be sent; must be durable when it returns.
+    fn intend(&self, key: &str, backend: &str) -> anyhow::Result<()>;
+    /// Records why an intended submission's outcome is unknown.
+    fn uncertain(&self, key: &str, backend: &str, detail: &str) -> anyhow::Result<()>;
     /// Records a submitted operation; must be durable when it returns.
     fn record(&self, key: &str, backend: &str, operation_name: &str) -> anyhow::Result<()>;
     /// Forgets the operation (finished, failed or unknown to the service).
@@ -115,39 +148,32 @@ pub enum GenError {
     /// Retries ran out on a transient failure (429, 5xx, transport, timeout).
     #[error("{0}")]
     Transient(String),
+    /// A paid submission may have been accepted without ttv hearing of it: sending it again
+    /// could pay twice, so neither a retry nor a fallback is tried.
+    #[error("{0}")]
+    Uncertain(String),
 }
 
 impl GenError {
     /// Whether a fallback backend should be tried after this error.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, GenError::Transient(_))
+        matches!(self, GenError::Blocked { .. } | GenError::Permanent(_))
     }
 }
 
-/// Capabilities of a frame backend for a model.
-#[derive(Debug, Clone)]
-pub struct FrameCaps {
-    pub aspect_ratios: Vec<&'static str>,
-    /// Input images (edit image + references) one request can carry.
-    pub max_input_images: usize,
-    /// The whole inline request, in bytes.
-    pub max_request_bytes: usize,
-}
-
-/// Capabilities of a video backend for a model.
+/// Capabilities of a video backend for a model: the model's (from the registry) and what the
+/// route accepts.
 #[derive(Debug, Clone)]
 pub struct VideoCaps {
-    pub durations: Vec<u32>,
-    pub resolutions: Vec<&'static str>,
-    pub aspect_ratios: Vec<&'static str>,
-    pub first_last_frame: bool,
+    pub model: models::VideoCaps,
+    /// The route takes `seed`.
     pub seed: bool,
+    /// The route takes `generateAudio`.
     pub generate_audio: bool,
-    pub max_input_bytes: usize,
-    pub max_prompt_chars: usize,
 }
 
-/// A setting the backend cannot serve: `setting` is the dotted ttv.yaml path (for the line).
+/// A setting the backend cannot serve: `setting` is the ttv.yaml key (`duration_seconds`) whose
+/// line the error points at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapabilityProblem {
     pub setting: String,
@@ -156,14 +182,10 @@ pub struct CapabilityProblem {
 }
 
 impl VideoCaps {
-    /// Every way `params` exceeds these capabilities. `prefix` is the ttv.yaml path that holds
-    /// the settings (`video` or `shots.3`).
-    pub fn check(
-        &self,
-        backend: &str,
-        params: &VideoParams,
-        prompt_chars: usize,
-    ) -> Vec<CapabilityProblem> {
+    /// Every way the segment `r` exceeds these capabilities.
+    pub fn check(&self, backend: &str, r: &SegmentRecipe) -> Vec<CapabilityProblem> {
+        let m = &self.model;
+        let model = &r.model;
         let mut out = Vec::new();
         let mut bad = |setting: &str, message: String, help: String| {
             out.push(CapabilityProblem {
@@ -172,69 +194,127 @@ impl VideoCaps {
                 help,
             })
         };
-        if !self.durations.contains(&params.duration_seconds) {
+        let resolution = m.resolution(&r.resolution);
+        if !m.durations.contains(&r.duration_seconds) {
             bad(
                 "duration_seconds",
                 format!(
-                    "{backend} ({}) cannot make {} s segments",
-                    params.model, params.duration_seconds
+                    "{backend} ({model}) cannot make {} s segments",
+                    r.duration_seconds
                 ),
-                format!("use one of {}", join(self.durations.iter())),
+                format!("use one of {}", join(m.durations.iter())),
+            );
+        } else if let Some(res) =
+            resolution.filter(|res| !res.durations.contains(&r.duration_seconds))
+        {
+            bad(
+                "duration_seconds",
+                format!(
+                    "{backend} ({model}) makes {} video only in {} s segments, not {} s",
+                    res.name,
+                    join(res.durations.iter()),
+                    r.duration_seconds
+                ),
+                format!(
+                    "use `duration_seconds: {}`, or a lower resolution",
+                    res.durations.last().copied().unwrap_or(8)
+                ),
             );
         }
-        if !self.resolutions.contains(&params.resolution.as_str()) {
+        if resolution.is_none() {
             bad(
                 "resolution",
-                format!(
-                    "{backend} ({}) cannot make {} video",
-                    params.model, params.resolution
-                ),
-                format!("use one of {}", join(self.resolutions.iter())),
+                format!("{backend} ({model}) cannot make {} video", r.resolution),
+                format!("use one of {}", join(m.resolutions.iter().map(|r| r.name))),
             );
         }
-        if !self.aspect_ratios.contains(&params.aspect_ratio.as_str()) {
+        if !m.aspect_ratios.contains(&r.aspect_ratio.as_str()) {
             bad(
                 "aspect_ratio",
-                format!(
-                    "{backend} ({}) cannot make {} video",
-                    params.model, params.aspect_ratio
-                ),
-                format!("use one of {}", join(self.aspect_ratios.iter())),
+                format!("{backend} ({model}) cannot make {} video", r.aspect_ratio),
+                format!("use one of {}", join(m.aspect_ratios.iter())),
             );
         }
-        if params.first_last && !self.first_last_frame {
+        if r.frames == "start+end" && !m.first_last_frame {
             bad(
                 "mode",
-                format!(
-                    "{backend} ({}) cannot take a first and a last frame",
-                    params.model
-                ),
-                "use `mode: single`, or a model that supports first-last frames".into(),
+                format!("{backend} ({model}) cannot take a first and a last frame"),
+                "use `mode: single`, or a model that supports first-last frames (the model \
+                 registry lists veo-3.1-generate-001)"
+                    .into(),
             );
         }
-        if params.seed.is_some() && !self.seed {
+        if r.frames == "references" {
+            match m.references {
+                None => bad(
+                    "mode",
+                    format!("{backend} ({model}) cannot make video from reference images"),
+                    "use `mode: single` or `first-last`, or a model that takes reference \
+                     images (veo-3.1-generate-001)"
+                        .into(),
+                ),
+                Some(refs) => {
+                    if r.references.len() > refs.max {
+                        bad(
+                            "references",
+                            format!(
+                                "{} reference images for one video; {backend} ({model}) takes \
+                                 at most {}",
+                                r.references.len(),
+                                refs.max
+                            ),
+                            format!("list at most {} names", refs.max),
+                        );
+                    }
+                    if !refs.durations.contains(&r.duration_seconds) {
+                        bad(
+                            "duration_seconds",
+                            format!(
+                                "{backend} ({model}) makes video from reference images only in \
+                                 {} s segments, not {} s",
+                                join(refs.durations.iter()),
+                                r.duration_seconds
+                            ),
+                            format!(
+                                "use `duration_seconds: {}`",
+                                refs.durations.last().copied().unwrap_or(8)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if r.sample_count > m.max_samples {
+            bad(
+                "sample_count",
+                format!(
+                    "{backend} ({model}) makes at most {} video(s) per request, not {}",
+                    m.max_samples, r.sample_count
+                ),
+                format!("use `sample_count:` from 1 to {}", m.max_samples),
+            );
+        }
+        if r.seed.is_some() && !self.seed {
             bad(
                 "seed",
-                format!("{backend} ({}) does not accept a seed", params.model),
-                "remove `seed`".into(),
+                format!("{backend} ({model}) does not accept a seed on this route"),
+                "remove `seed`, or use `api: vertex`".into(),
             );
         }
-        if params.generate_audio && !self.generate_audio {
+        if r.generate_audio && !self.generate_audio {
             bad(
                 "generate_audio",
-                format!(
-                    "{backend} ({}) does not accept generate_audio",
-                    params.model
-                ),
-                "set `generate_audio: false`".into(),
+                format!("{backend} ({model}) does not accept generate_audio on this route"),
+                "set `generate_audio: false`, or use `api: vertex`".into(),
             );
         }
-        if prompt_chars > self.max_prompt_chars {
+        let chars = r.prompt.chars().count();
+        if chars > m.max_prompt_chars {
             bad(
                 "motion",
                 format!(
-                    "the motion prompt has {prompt_chars} characters; {backend} accepts {}",
-                    self.max_prompt_chars
+                    "the motion prompt has {chars} characters; {backend} ({model}) accepts {}",
+                    m.max_prompt_chars
                 ),
                 "shorten the prompt".into(),
             );
@@ -243,18 +323,37 @@ impl VideoCaps {
     }
 }
 
-impl FrameCaps {
-    pub fn check(&self, backend: &str, model: &str, aspect_ratio: &str) -> Vec<CapabilityProblem> {
-        let mut out = Vec::new();
-        if !self.aspect_ratios.contains(&aspect_ratio) {
-            out.push(CapabilityProblem {
-                setting: "aspect_ratio".into(),
-                message: format!("{backend} ({model}) cannot make {aspect_ratio} images"),
-                help: format!("use one of {}", join(self.aspect_ratios.iter())),
-            });
-        }
-        out
+/// Every way a frame request of `model` exceeds an image model's capabilities (the count of
+/// input images is checked per frame, by the plan).
+pub fn check_frame(
+    caps: &models::ImageCaps,
+    backend: &str,
+    model: &str,
+    aspect_ratio: &str,
+    image_size: Option<&str>,
+) -> Vec<CapabilityProblem> {
+    let mut out = Vec::new();
+    if !caps.aspect_ratios.contains(&aspect_ratio) {
+        out.push(CapabilityProblem {
+            setting: "aspect_ratio".into(),
+            message: format!("{backend} ({model}) cannot make {aspect_ratio} images"),
+            help: format!("use one of {}", join(caps.aspect_ratios.iter())),
+        });
     }
+    if let Some(size) = image_size
+        && !caps.image_sizes.contains(&size)
+    {
+        out.push(CapabilityProblem {
+            setting: "image_size".into(),
+            message: format!("{backend} ({model}) cannot make {size} images"),
+            help: if caps.image_sizes.is_empty() {
+                "remove `image_size`: this model makes one size".into()
+            } else {
+                format!("use one of {}", join(caps.image_sizes.iter()))
+            },
+        });
+    }
+    out
 }
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
@@ -265,7 +364,7 @@ fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
 pub trait FrameGenerator: Send + Sync {
     /// The backend name as written in ttv.yaml (`gemini`, `preview`); part of the cache key.
     fn name(&self) -> &str;
-    fn capabilities(&self, model: &str) -> FrameCaps;
+    fn capabilities(&self, model: &str) -> models::ImageCaps;
     async fn generate(&self, req: &FrameRequest, ctx: &GenContext)
     -> Result<FrameOutput, GenError>;
 }

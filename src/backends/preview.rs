@@ -17,9 +17,10 @@ use image::{Rgb, RgbImage};
 use tempfile::TempPath;
 
 use super::{
-    FrameCaps, FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput,
+    FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, Provenance,
     VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
+use crate::models::{self, ImageCaps, Resolution, VideoReferences};
 use crate::stitch::{ffmpeg_command, stderr_tail};
 
 /// `TTV_PREVIEW_LATENCY_MS`: a simulated delay per generation, in milliseconds (benchmarks,
@@ -60,13 +61,12 @@ impl FrameGenerator for PreviewFrames {
         "preview"
     }
 
-    fn capabilities(&self, _model: &str) -> FrameCaps {
-        FrameCaps {
-            aspect_ratios: vec![
-                "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
-            ],
+    /// Whatever the model is: a preview draws any size (at its own small size).
+    fn capabilities(&self, _model: &str) -> ImageCaps {
+        ImageCaps {
+            image_sizes: &["512px", "1K", "2K", "4K"],
             max_input_images: 16,
-            max_request_bytes: 20 * 1024 * 1024,
+            ..models::CONSERVATIVE_IMAGE
         }
     }
 
@@ -79,7 +79,7 @@ impl FrameGenerator for PreviewFrames {
         (ctx.status)("drawing".into());
         Ok(FrameOutput {
             png: draw(req.clone()).await?,
-            model_version: None,
+            provenance: Provenance::default(),
         })
     }
 }
@@ -90,17 +90,39 @@ impl VideoGenerator for PreviewVideo {
         "preview"
     }
 
+    /// Everything Veo can do, at any length from 1 s (real Veo makes 4, 6 or 8 s; 1 s clips
+    /// keep tests and rehearsals fast).
     fn capabilities(&self, _model: &str) -> VideoCaps {
+        const ANY: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8];
         VideoCaps {
-            // Real Veo makes 4, 6 or 8 s; 1 s clips keep tests fast.
-            durations: (1..=8).collect(),
-            resolutions: vec!["720p", "1080p"],
-            aspect_ratios: vec!["16:9", "9:16", "1:1"],
-            first_last_frame: true,
+            model: models::VideoCaps {
+                durations: ANY,
+                resolutions: &[
+                    Resolution {
+                        name: "720p",
+                        durations: ANY,
+                    },
+                    Resolution {
+                        name: "1080p",
+                        durations: ANY,
+                    },
+                    Resolution {
+                        name: "4k",
+                        durations: ANY,
+                    },
+                ],
+                aspect_ratios: &["16:9", "9:16", "1:1"],
+                first_last_frame: true,
+                references: Some(VideoReferences {
+                    max: 3,
+                    durations: ANY,
+                }),
+                audio: true,
+                max_samples: 4,
+                max_prompt_chars: 4000,
+            },
             seed: true,
             generate_audio: true,
-            max_input_bytes: 20 * 1024 * 1024,
-            max_prompt_chars: 4000,
         }
     }
 
@@ -109,12 +131,15 @@ impl VideoGenerator for PreviewVideo {
         req: &VideoRequest,
         ctx: &GenContext,
     ) -> Result<VideoOutput, GenError> {
-        simulate(&req.prompt).await?;
-        let (width, height) = clip_size(&req.params.aspect_ratio)?;
-        if req.params.duration_seconds == 0 {
+        let r = &req.recipe;
+        simulate(&r.prompt).await?;
+        let (width, height) = clip_size(&r.aspect_ratio)?;
+        if r.duration_seconds == 0 {
             return Err(GenError::Permanent("preview cannot make a 0 s clip".into()));
         }
-        let motion = match (&req.first, &req.last) {
+        // References mode: the clip zooms into the first reference image.
+        let first = req.first.as_ref().or(req.references.first());
+        let motion = match (first, &req.last) {
             (Some(first), Some(last)) => Motion::CrossFade(
                 write_input(first, &ctx.tmp_dir, "first").await?,
                 write_input(last, &ctx.tmp_dir, "last").await?,
@@ -125,9 +150,10 @@ impl VideoGenerator for PreviewVideo {
             (None, None) => {
                 (ctx.status)("drawing".into());
                 let frame_req = FrameRequest {
-                    model: req.params.model.clone(),
-                    aspect_ratio: req.params.aspect_ratio.clone(),
-                    prompt: req.prompt.clone(),
+                    model: r.model.clone(),
+                    aspect_ratio: r.aspect_ratio.clone(),
+                    image_size: None,
+                    prompt: r.prompt.clone(),
                     input_image: None,
                     references: Vec::new(),
                     key: req.key.clone(),
@@ -140,31 +166,41 @@ impl VideoGenerator for PreviewVideo {
                 Motion::ZoomIn(write_input(&drawn, &ctx.tmp_dir, "first").await?)
             }
         };
-        let out = tempfile::Builder::new()
-            .prefix("preview-")
-            .suffix(".mp4")
-            .tempfile_in(&ctx.tmp_dir)
-            .map_err(|e| {
-                GenError::Permanent(format!(
-                    "preview: cannot create a temporary file in {}: {e}",
-                    ctx.tmp_dir.display()
-                ))
-            })?
-            .into_temp_path();
-        let clip = Clip {
-            width,
-            height,
-            seconds: req.params.duration_seconds,
-            motion,
-            tone_hz: req
-                .params
-                .generate_audio
-                .then(|| tone_frequency(&req.prompt)),
-            focus: focus_point(&req.key),
-        };
-        (ctx.status)("encoding".into());
-        run_ffmpeg(&clip.args(&out)).await?;
-        Ok(VideoOutput { mp4: out })
+        let mut mp4s = Vec::new();
+        // Each sample zooms towards its own point, as Veo's samples differ.
+        for sample in 0..r.sample_count.max(1) {
+            let out = tempfile::Builder::new()
+                .prefix("preview-")
+                .suffix(".mp4")
+                .tempfile_in(&ctx.tmp_dir)
+                .map_err(|e| {
+                    GenError::Permanent(format!(
+                        "preview: cannot create a temporary file in {}: {e}",
+                        ctx.tmp_dir.display()
+                    ))
+                })?
+                .into_temp_path();
+            let seed = if sample == 0 {
+                req.key.clone()
+            } else {
+                format!("{}:{sample}", req.key)
+            };
+            let clip = Clip {
+                width,
+                height,
+                seconds: r.duration_seconds,
+                motion: &motion,
+                tone_hz: r.generate_audio.then(|| tone_frequency(&r.prompt)),
+                focus: focus_point(&seed),
+            };
+            (ctx.status)("encoding".into());
+            run_ffmpeg(&clip.args(&out)).await?;
+            mp4s.push(out);
+        }
+        Ok(VideoOutput {
+            mp4s,
+            provenance: Provenance::default(),
+        })
     }
 }
 
@@ -409,11 +445,11 @@ enum Motion {
 }
 
 /// One preview clip, as ffmpeg arguments.
-struct Clip {
+struct Clip<'a> {
     width: u32,
     height: u32,
     seconds: u32,
-    motion: Motion,
+    motion: &'a Motion,
     tone_hz: Option<u32>,
     focus: (f32, f32),
 }
@@ -423,7 +459,7 @@ const ZOOM: f32 = 0.2;
 /// Quiet: the tone is there to show that audio is, not to be listened to.
 const TONE_VOLUME: f32 = 0.1;
 
-impl Clip {
+impl Clip<'_> {
     fn args(&self, out: &Path) -> Vec<OsString> {
         let (w, h, secs) = (self.width, self.height, self.seconds);
         let frames = secs * CLIP_FPS;
@@ -434,7 +470,7 @@ impl Clip {
             )
         };
         let mut args: Vec<OsString> = Vec::new();
-        let (video_inputs, graph) = match &self.motion {
+        let (video_inputs, graph) = match self.motion {
             Motion::ZoomIn(path) | Motion::ZoomOut(path) => {
                 args.extend(["-i".into(), path.as_os_str().to_owned()]);
                 let progress = format!("on/{}", frames - 1);
@@ -549,49 +585,15 @@ async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backends::{OperationLog, VideoParams};
+    use crate::backends::testing;
 
-    /// The `operations` table as a map: preview never submits operations, but a `GenContext`
-    /// needs one.
-    #[derive(Default)]
-    struct MemoryLog(Mutex<HashMap<String, (String, String)>>);
-
-    impl OperationLog for MemoryLog {
-        fn pending(&self, key: &str, backend: &str) -> Option<String> {
-            let map = self.0.lock().unwrap();
-            map.get(key)
-                .filter(|(b, _)| b == backend)
-                .map(|(_, op)| op.clone())
-        }
-
-        fn record(&self, key: &str, backend: &str, operation_name: &str) -> anyhow::Result<()> {
-            let mut map = self.0.lock().unwrap();
-            map.insert(key.into(), (backend.into(), operation_name.into()));
-            Ok(())
-        }
-
-        fn clear(&self, key: &str) -> anyhow::Result<()> {
-            self.0.lock().unwrap().remove(key);
-            Ok(())
-        }
-    }
-
-    /// A context writing under `tmp_dir`, and the statuses the backend reported.
+    /// A context writing under `tmp_dir` (preview never submits operations, but a
+    /// `GenContext` needs a log), and the statuses the backend reported.
     pub(crate) fn test_ctx(tmp_dir: &Path) -> (GenContext, Arc<Mutex<Vec<String>>>) {
-        let statuses = Arc::new(Mutex::new(Vec::new()));
-        let seen = statuses.clone();
-        let ctx = GenContext {
-            node_id: "test".into(),
-            key: "test-key".into(),
-            tmp_dir: tmp_dir.to_path_buf(),
-            operations: Arc::new(MemoryLog::default()),
-            status: Arc::new(move |s| seen.lock().unwrap().push(s)),
-        };
-        (ctx, statuses)
+        testing::context(tmp_dir, Arc::default())
     }
 
     pub(crate) fn png_input(name: &str, png: Vec<u8>) -> ImageInput {
@@ -606,6 +608,7 @@ pub(crate) mod tests {
         FrameRequest {
             model: "preview".into(),
             aspect_ratio: "16:9".into(),
+            image_size: None,
             prompt: prompt.into(),
             input_image: None,
             references: Vec::new(),
@@ -619,20 +622,16 @@ pub(crate) mod tests {
         aspect_ratio: &str,
         generate_audio: bool,
     ) -> VideoRequest {
+        let mut recipe = testing::segment("preview", prompt);
+        recipe.duration_seconds = 1;
+        recipe.aspect_ratio = aspect_ratio.into();
+        recipe.generate_audio = generate_audio;
+        recipe.first = None;
         VideoRequest {
-            params: VideoParams {
-                model: "preview".into(),
-                duration_seconds: 1,
-                resolution: "720p".into(),
-                aspect_ratio: aspect_ratio.into(),
-                generate_audio,
-                negative_prompt: String::new(),
-                seed: None,
-                first_last: false,
-            },
-            prompt: prompt.into(),
+            recipe,
             first: None,
             last: None,
+            references: Vec::new(),
             key: key.into(),
         }
     }
@@ -660,7 +659,7 @@ pub(crate) mod tests {
         let a = PreviewFrames.generate(&storm, &ctx).await.unwrap();
         let b = PreviewFrames.generate(&storm, &ctx).await.unwrap();
         assert_eq!(a.png, b.png, "a preview frame must be reproducible");
-        assert_eq!(a.model_version, None);
+        assert_eq!(a.provenance, Provenance::default());
 
         let calm = frame_request("a calm harbour at dawn", "k1");
         let c = PreviewFrames.generate(&calm, &ctx).await.unwrap();

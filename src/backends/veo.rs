@@ -14,11 +14,13 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
-use super::http::{CallError, Failure, Http, download, key_header, send_json};
+use super::http::{CallError, Downloaded, Failure, Http, download, key_header, send_json};
 use super::{
-    GenContext, GenError, ImageInput, VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
+    GenContext, GenError, ImageInput, Pending, Provenance, VideoCaps, VideoGenerator, VideoOutput,
+    VideoRequest,
 };
 use crate::error::ProjectError;
+use crate::models;
 use crate::project::{Project, VeoApi};
 use crate::secret::Secret;
 
@@ -29,8 +31,8 @@ pub const STORAGE_BASE_URL_ENV: &str = "TTV_STORAGE_BASE_URL";
 pub const DEFAULT_STORAGE_BASE_URL: &str = "https://storage.googleapis.com";
 
 const MAX_INPUT_BYTES: usize = 10 * 1024 * 1024;
-/// Veo takes prompts of up to 1024 tokens; 4000 characters stays under that for English text.
-const MAX_PROMPT_CHARS: usize = 4000;
+/// Redirects followed for one download.
+const MAX_REDIRECTS: usize = 10;
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 const POLL_GROWTH: f64 = 1.5;
 const ACCEPTED: &[ImageFormat] = &[ImageFormat::Png, ImageFormat::Jpeg];
@@ -57,7 +59,6 @@ pub enum Route {
 pub struct VeoOptions {
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
-    pub person_generation: Option<String>,
     /// Vertex only: `gs://` prefix Veo writes the videos to.
     pub storage_uri: Option<String>,
 }
@@ -85,9 +86,10 @@ impl Veo {
                     &format!("{at}.model"),
                     format!("`{model}` is not a Veo model"),
                 )
-                .help(
-                    "use a Veo model such as veo-3.0-generate-001 or veo-3.0-fast-generate-001",
-                ));
+                .help(format!(
+                    "use a Veo model: {}",
+                    models::current(models::Kind::Video).join(", ")
+                )));
         }
         let http = Http::new(v.request_timeout_seconds, v.max_retries).map_err(|e| {
             project
@@ -108,30 +110,6 @@ impl Veo {
                     )
                     .help("use a number of seconds such as 10")
             })?;
-        if v.resolution == "1080p" {
-            let durations =
-                std::iter::once(("video.duration_seconds".to_string(), v.duration_seconds)).chain(
-                    project
-                        .config
-                        .shots
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| {
-                            s.duration_seconds
-                                .map(|d| (format!("shots.{i}.duration_seconds"), d))
-                        }),
-                );
-            for (setting, d) in durations {
-                if d != 8 {
-                    return Err(project
-                        .error_at(
-                            &setting,
-                            format!("Veo makes 1080p video only in 8 s segments, not {d} s"),
-                        )
-                        .help("use `duration_seconds: 8`, or `resolution: 720p`"));
-                }
-            }
-        }
         let route = match api {
             VeoApi::Vertex => {
                 let target = VertexTarget::from_env()?;
@@ -169,7 +147,6 @@ impl Veo {
             VeoOptions {
                 poll_interval,
                 poll_timeout: Duration::from_secs(v.poll_timeout_seconds),
-                person_generation: v.person_generation.clone(),
                 storage_uri: v.storage_uri.clone(),
             },
         ))
@@ -230,7 +207,7 @@ impl Veo {
             Route::Vertex {
                 base_url, target, ..
             } => format!(
-                "{base_url}/v1/{}:predictLongRunning",
+                "{base_url}/{VERTEX_VERSION}/{}:predictLongRunning",
                 vertex_model_path(target, model)
             ),
             Route::Gemini { base_url, .. } => {
@@ -239,86 +216,133 @@ impl Veo {
         }
     }
 
-    /// The predictLongRunning body (API.md): camelCase, images as `bytesBase64Encoded` on both
-    /// routes, and on the Gemini API none of seed / generateAudio / storageUri.
-    fn request_body(
-        &self,
-        req: &VideoRequest,
-        first: Option<&Prepared>,
-        last: Option<&Prepared>,
-    ) -> Value {
-        let p = &req.params;
+    /// The predictLongRunning body, made from the segment's recipe alone (as the SDK sends
+    /// it: camelCase, images as `bytesBase64Encoded` on both routes, and on the Gemini API none
+    /// of seed / generateAudio / storageUri).
+    fn request_body(&self, req: &VideoRequest, images: &Images) -> Value {
+        let r = &req.recipe;
         let mut instance = Map::new();
-        instance.insert("prompt".into(), json!(req.prompt));
-        if let Some(img) = first {
+        instance.insert("prompt".into(), json!(r.prompt));
+        if let Some(img) = &images.first {
             instance.insert("image".into(), img.json());
         }
-        if let Some(img) = last {
+        if let Some(img) = &images.last {
             instance.insert("lastFrame".into(), img.json());
         }
-        let mut params = Map::new();
-        params.insert("aspectRatio".into(), json!(p.aspect_ratio));
-        params.insert("durationSeconds".into(), json!(p.duration_seconds));
-        params.insert("resolution".into(), json!(p.resolution));
-        params.insert("sampleCount".into(), json!(1));
-        if !p.negative_prompt.is_empty() {
-            params.insert("negativePrompt".into(), json!(p.negative_prompt));
+        if !images.references.is_empty() {
+            let refs: Vec<Value> = images
+                .references
+                .iter()
+                .map(|img| json!({"image": img.json(), "referenceType": "ASSET"}))
+                .collect();
+            instance.insert("referenceImages".into(), json!(refs));
         }
-        if let Some(pg) = &self.options.person_generation {
+        json!({"instances": [instance], "parameters": self.parameters(req)})
+    }
+
+    /// The `parameters` of a submission: what the provenance of its videos records.
+    fn parameters(&self, req: &VideoRequest) -> Value {
+        let r = &req.recipe;
+        let mut params = Map::new();
+        params.insert("aspectRatio".into(), json!(r.aspect_ratio));
+        params.insert("durationSeconds".into(), json!(r.duration_seconds));
+        params.insert("resolution".into(), json!(r.resolution));
+        params.insert("sampleCount".into(), json!(r.sample_count.max(1)));
+        if !r.negative_prompt.is_empty() {
+            params.insert("negativePrompt".into(), json!(r.negative_prompt));
+        }
+        if let Some(pg) = &r.person_generation {
             params.insert("personGeneration".into(), json!(pg));
         }
         if self.is_vertex() {
-            params.insert("generateAudio".into(), json!(p.generate_audio));
-            if let Some(seed) = p.seed {
+            params.insert("generateAudio".into(), json!(r.generate_audio));
+            if let Some(seed) = r.seed {
                 params.insert("seed".into(), json!(seed));
             }
             if let Some(uri) = &self.options.storage_uri {
                 params.insert("storageUri".into(), json!(uri));
             }
         }
-        json!({"instances": [instance], "parameters": params})
+        Value::Object(params)
     }
 
-    /// Submits the job and records the operation before anything else.
+    /// Submits the job, recording the intent before the request goes out and the operation
+    /// the moment its name arrives. A submission whose answer is lost is not sent again: it
+    /// may have started a paid job.
     async fn submit(&self, req: &VideoRequest, ctx: &GenContext) -> Result<String, GenError> {
-        let (first, last) = request_images(req)?;
-        let (first, last) = tokio::task::spawn_blocking(move || {
+        let (first, last) = request_images(req);
+        let references = req.references.clone();
+        let images = tokio::task::spawn_blocking(move || {
             let prep = |i: Option<ImageInput>| {
                 i.map(|i| prepare_image(&i, ACCEPTED, MAX_INPUT_BYTES).map(Prepared))
                     .transpose()
             };
-            Ok::<_, GenError>((prep(first)?, prep(last)?))
+            Ok::<_, GenError>(Images {
+                first: prep(first)?,
+                last: prep(last)?,
+                references: references
+                    .into_iter()
+                    .map(|i| prep(Some(i)).map(|p| p.expect("an image in, an image out")))
+                    .collect::<Result<_, _>>()?,
+            })
         })
         .await
         .map_err(|e| GenError::Permanent(format!("preparing the images failed: {e}")))??;
-        let body = serde_json::to_vec(&self.request_body(req, first.as_ref(), last.as_ref()))
+        let body = serde_json::to_vec(&self.request_body(req, &images))
             .map_err(|e| GenError::Permanent(format!("cannot encode the request: {e}")))?;
-        let url = self.submit_url(&req.params.model);
+        let url = self.submit_url(&req.recipe.model);
+        let label = self.label();
+        ctx.operations.intend(&ctx.key, &label).map_err(|e| {
+            GenError::Permanent(format!(
+                "cannot record the submission before sending it ({e:#}); nothing was sent"
+            ))
+        })?;
+        let what = format!("{label} predictLongRunning");
+        let (body, url) = (&body, &url);
         let answer = self
-            .post_json(
-                &format!("{} predictLongRunning", self.label()),
-                &url,
-                body,
-                ctx,
-            )
-            .await
-            .map_err(CallError::into_gen_error)?;
+            .http
+            .retry_unless_uncertain(&what, &self.secrets(), &*ctx.status, || async move {
+                let builder = self
+                    .authorized(self.http.client().post(url))
+                    .await?
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                send_json(&self.http, builder).await
+            })
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) if e.uncertain() => {
+                let detail = e.to_string();
+                if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
+                    eprintln!("warning: cannot record the uncertain submission: {err:#}");
+                }
+                return Err(uncertain_error(&ctx.node_id, &detail));
+            }
+            Err(e) => {
+                forget(ctx, "the submission");
+                return Err(e.into_gen_error());
+            }
+        };
         let name = answer
             .get("name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                GenError::Permanent(format!(
-                    "{} accepted the job but named no operation: {}",
-                    self.label(),
-                    excerpt(&answer)
-                ))
-            })?
-            .to_string();
-        if let Err(e) = ctx.operations.record(&ctx.key, &self.label(), &name) {
+            .map(str::to_string);
+        let Some(name) = name else {
+            let detail = format!(
+                "{label} accepted the job but named no operation: {}",
+                excerpt(&answer)
+            );
+            if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
+                eprintln!("warning: cannot record the uncertain submission: {err:#}");
+            }
+            return Err(uncertain_error(&ctx.node_id, &detail));
+        };
+        if let Err(e) = ctx.operations.record(&ctx.key, &label, &name) {
             eprintln!(
                 "warning: cannot record operation {name} ({e:#}): an interrupted build will \
-                 submit it again"
+                 report its submission as uncertain"
             );
         }
         Ok(name)
@@ -363,7 +387,7 @@ impl Veo {
                     Some(i) if name.starts_with("projects/") => name[..i].to_string(),
                     _ => vertex_model_path(target, model),
                 };
-                let url = format!("{base_url}/v1/{prefix}:fetchPredictOperation");
+                let url = format!("{base_url}/{VERTEX_VERSION}/{prefix}:fetchPredictOperation");
                 let body = json!({"operationName": name}).to_string().into_bytes();
                 self.post_json(&what, &url, body, ctx).await
             }
@@ -425,59 +449,75 @@ impl Veo {
         }
     }
 
-    /// The video of a finished operation as an MP4 file in `ctx.tmp_dir`.
+    /// The videos of a finished operation (one per sample) as MP4 files in `ctx.tmp_dir`.
     async fn finish(
         &self,
         name: &str,
         op: Value,
+        params: Value,
         ctx: &GenContext,
     ) -> Result<VideoOutput, GenError> {
-        let video = match outcome(&op) {
+        let videos = match outcome(&op) {
             Ok(v) => v,
             Err(e) => {
                 forget(ctx, name);
                 return Err(prefixed(&self.label(), name, e));
             }
         };
-        let path = tempfile::Builder::new()
-            .prefix("veo-")
-            .suffix(".mp4")
-            .tempfile_in(&ctx.tmp_dir)
-            .map_err(|e| {
-                GenError::Permanent(format!(
-                    "cannot create a file in {}: {e}",
-                    ctx.tmp_dir.display()
-                ))
-            })?
-            .into_temp_path();
-        let fetched = match video {
-            VideoSource::Inline(b64) => {
-                let target = path.to_path_buf();
-                tokio::task::spawn_blocking(move || decode_to_file(&b64, &target))
-                    .await
-                    .map_err(|e| GenError::Permanent(e.to_string()))
-                    .and_then(|r| r)
-                    .map_err(|error| FetchError { error, gone: true })
+        let mut mp4s = Vec::new();
+        for video in videos {
+            let path = tempfile::Builder::new()
+                .prefix("veo-")
+                .suffix(".mp4")
+                .tempfile_in(&ctx.tmp_dir)
+                .map_err(|e| {
+                    GenError::Permanent(format!(
+                        "cannot create a file in {}: {e}",
+                        ctx.tmp_dir.display()
+                    ))
+                })?
+                .into_temp_path();
+            let fetched = match video {
+                VideoSource::Inline(b64) => {
+                    let target = path.to_path_buf();
+                    tokio::task::spawn_blocking(move || decode_to_file(&b64, &target))
+                        .await
+                        .map_err(|e| GenError::Permanent(e.to_string()))
+                        .and_then(|r| r)
+                        .map_err(|error| FetchError { error, gone: true })
+                }
+                VideoSource::Gcs(uri) => self.fetch_gcs(&uri, &path, ctx).await,
+                VideoSource::Uri(uri) => self.fetch_file(&uri, &path, ctx).await,
+            };
+            if let Err(e) = fetched {
+                // The video is gone (a malformed uri, an expired file): polling again cannot
+                // bring it back. Credentials and outages can be fixed, and the paid video
+                // fetched then.
+                if e.gone {
+                    forget(ctx, name);
+                }
+                return Err(prefixed(&self.label(), name, e.error));
             }
-            VideoSource::Gcs(uri) => self.fetch_gcs(&uri, &path, ctx).await,
-            VideoSource::Uri(uri) => self.fetch_file(&uri, &path, ctx).await,
-        };
-        if let Err(e) = fetched {
-            // The video is gone (a malformed uri, an expired file): polling again cannot bring
-            // it back. Credentials and outages can be fixed, and the paid video fetched then.
-            if e.gone {
+            if !is_mp4(&path) {
                 forget(ctx, name);
+                return Err(GenError::Permanent(format!(
+                    "{}: operation {name} returned something that is not an MP4 (no `ftyp` box)",
+                    self.label()
+                )));
             }
-            return Err(prefixed(&self.label(), name, e.error));
+            mp4s.push(path);
         }
-        if !is_mp4(&path) {
-            forget(ctx, name);
-            return Err(GenError::Permanent(format!(
-                "{}: operation {name} returned something that is not an MP4 (no `ftyp` box)",
-                self.label()
-            )));
-        }
-        Ok(VideoOutput { mp4: path })
+        Ok(VideoOutput {
+            mp4s,
+            provenance: Provenance {
+                model_version: op
+                    .pointer("/response/modelVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                response_id: Some(name.to_string()),
+                params: Some(params),
+            },
+        })
     }
 
     /// `gs://bucket/object` through the Cloud Storage JSON API, with the Vertex bearer.
@@ -516,13 +556,32 @@ impl Veo {
             .await
     }
 
-    /// A Gemini API file uri (`.../files/ID:download?alt=media`), with the key; redirects are
-    /// followed by the client.
+    /// A Gemini API file uri (`.../files/ID:download?alt=media`). One on Google's default
+    /// host is fetched from the configured base URL (`TTV_GEMINI_BASE_URL`) instead.
     async fn fetch_file(&self, uri: &str, path: &Path, ctx: &GenContext) -> Result<(), FetchError> {
-        self.download_to(&format!("downloading {uri}"), uri, path, ctx)
+        let url = match &self.route {
+            Route::Gemini { base_url, .. } if base_url != gemini::DEFAULT_BASE_URL => uri
+                .strip_prefix(gemini::DEFAULT_BASE_URL)
+                .map_or_else(|| uri.to_string(), |rest| format!("{base_url}{rest}")),
+            _ => uri.to_string(),
+        };
+        self.download_to(&format!("downloading {uri}"), &url, path, ctx)
             .await
     }
 
+    /// The origin (`scheme://host:port`) that credentials may be sent to.
+    fn credential_origin(&self) -> Option<reqwest::Url> {
+        let base = match &self.route {
+            Route::Vertex {
+                storage_base_url, ..
+            } => storage_base_url,
+            Route::Gemini { base_url, .. } => base_url,
+        };
+        reqwest::Url::parse(base).ok()
+    }
+
+    /// Downloads `url` into `path`, following redirects by hand: the key or token goes only to
+    /// the service's own origin, never to a signed URL on another host.
     async fn download_to(
         &self,
         what: &str,
@@ -530,17 +589,38 @@ impl Veo {
         path: &Path,
         ctx: &GenContext,
     ) -> Result<(), FetchError> {
-        self.http
-            .retry(what, &self.secrets(), &*ctx.status, || async move {
-                let builder = self.authorized(self.http.client().get(url)).await?;
-                download(&self.http, builder, path).await
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| FetchError {
-                gone: matches!(e.http_status(), Some(400 | 404 | 410)),
-                error: e.into_gen_error(),
-            })
+        let origin = self.credential_origin();
+        let mut url = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = reqwest::Url::parse(&url)
+                .ok()
+                .is_some_and(|u| origin.as_ref().is_some_and(|o| o.origin() == u.origin()));
+            let target = &url;
+            let result = self
+                .http
+                .retry(what, &self.secrets(), &*ctx.status, || async move {
+                    let builder = self.http.client().get(target);
+                    let builder = if same_origin {
+                        self.authorized(builder).await?
+                    } else {
+                        builder
+                    };
+                    download(&self.http, builder, path).await
+                })
+                .await
+                .map_err(|e| FetchError {
+                    gone: matches!(e.http_status(), Some(400 | 404 | 410)),
+                    error: e.into_gen_error(),
+                })?;
+            match result {
+                Downloaded::Written(_) => return Ok(()),
+                Downloaded::Redirect(next) => url = next,
+            }
+        }
+        Err(FetchError {
+            error: GenError::Permanent(format!("{what}: more than {MAX_REDIRECTS} redirects")),
+            gone: false,
+        })
     }
 }
 
@@ -557,18 +637,13 @@ impl VideoGenerator for Veo {
         }
     }
 
-    /// First and last frame are documented for Veo 3.1 only; the Gemini API's SDK refuses
-    /// seed and generateAudio.
+    /// The model's capabilities from the registry; the Gemini API's route refuses seed and
+    /// generateAudio (as the SDK does).
     fn capabilities(&self, model: &str) -> VideoCaps {
         VideoCaps {
-            durations: vec![4, 6, 8],
-            resolutions: vec!["720p", "1080p"],
-            aspect_ratios: vec!["16:9", "9:16"],
-            first_last_frame: model.starts_with("veo-3.1"),
+            model: models::video_caps(model),
             seed: self.is_vertex(),
             generate_audio: self.is_vertex(),
-            max_input_bytes: MAX_INPUT_BYTES,
-            max_prompt_chars: MAX_PROMPT_CHARS,
         }
     }
 
@@ -579,14 +654,25 @@ impl VideoGenerator for Veo {
     ) -> Result<VideoOutput, GenError> {
         check(req)?;
         let label = self.label();
-        let model = &req.params.model;
+        let model = &req.recipe.model;
+        let params = self.parameters(req);
         let (mut name, mut resumed) = match ctx.operations.pending(&ctx.key, &label) {
-            Some(name) => (name, true),
-            None => (self.submit(req, ctx).await?, false),
+            Some(Pending::Operation(name)) => (name, true),
+            Some(Pending::Uncertain { since, detail }) if !ctx.resubmit => {
+                return Err(GenError::Uncertain(format!(
+                    "an earlier submission of {} (at {}) may have started a paid job: {detail}. \
+                     Check the Veo jobs and the bill of the Google Cloud project; to submit it \
+                     again, run `ttv build --force {}`",
+                    ctx.node_id,
+                    crate::housekeeping::format_time(since),
+                    ctx.node_id
+                )));
+            }
+            _ => (self.submit(req, ctx).await?, false),
         };
         loop {
             match self.wait_done(&name, model, resumed, ctx).await {
-                Ok(op) => return self.finish(&name, op, ctx).await,
+                Ok(op) => return self.finish(&name, op, params, ctx).await,
                 Err(PollError::NotFound(_)) if resumed => {
                     eprintln!("warning: operation {name} unknown to the service, submitting again");
                     forget(ctx, &name);
@@ -640,17 +726,21 @@ fn vertex_model_path(target: &VertexTarget, model: &str) -> String {
     )
 }
 
-/// Rules the capability table cannot say: 1080p only in 8 s segments; first-last needs both
-/// frames.
+/// The Vertex API version, as the SDK uses it (`/v1/` serves the same methods).
+const VERTEX_VERSION: &str = "v1beta1";
+
+/// The error of a submission whose outcome is unknown.
+fn uncertain_error(node: &str, detail: &str) -> GenError {
+    GenError::Uncertain(format!(
+        "the submission's outcome is unknown ({detail}); it was not sent again, since Google may \
+         have started (and will bill) the job. Check the Veo jobs and the bill of the Google \
+         Cloud project; to submit it again, run `ttv build --force {node}`"
+    ))
+}
+
+/// What the plan's capability check cannot see: first-last needs both frames.
 fn check(req: &VideoRequest) -> Result<(), GenError> {
-    let p = &req.params;
-    if p.resolution == "1080p" && p.duration_seconds != 8 {
-        return Err(GenError::Permanent(format!(
-            "Veo makes 1080p video only in 8 s segments, not {} s",
-            p.duration_seconds
-        )));
-    }
-    if p.first_last && (req.first.is_none() || req.last.is_none()) {
+    if req.first_last() && (req.first.is_none() || req.last.is_none()) {
         return Err(GenError::Permanent(
             "mode first-last needs both a first and a last frame".into(),
         ));
@@ -659,14 +749,19 @@ fn check(req: &VideoRequest) -> Result<(), GenError> {
 }
 
 /// `image` and `lastFrame`: single mode sends its one frame as the first image.
-fn request_images(
-    req: &VideoRequest,
-) -> Result<(Option<ImageInput>, Option<ImageInput>), GenError> {
-    if req.params.first_last {
-        Ok((req.first.clone(), req.last.clone()))
+fn request_images(req: &VideoRequest) -> (Option<ImageInput>, Option<ImageInput>) {
+    if req.first_last() {
+        (req.first.clone(), req.last.clone())
     } else {
-        Ok((req.first.clone().or_else(|| req.last.clone()), None))
+        (req.first.clone().or_else(|| req.last.clone()), None)
     }
+}
+
+/// The images of a submission, ready to send.
+struct Images {
+    first: Option<Prepared>,
+    last: Option<Prepared>,
+    references: Vec<Prepared>,
 }
 
 enum VideoSource {
@@ -675,17 +770,23 @@ enum VideoSource {
     Uri(String),
 }
 
-/// What a done operation holds: the video, or why there is none.
-fn outcome(op: &Value) -> Result<VideoSource, GenError> {
+/// What a done operation holds: its videos (one per sample), or why there are none.
+fn outcome(op: &Value) -> Result<Vec<VideoSource>, GenError> {
     if let Some(err) = op.get("error") {
         return Err(operation_error(err));
     }
     let response = op.get("response").unwrap_or(&Value::Null);
     // Vertex: response.videos[]; Gemini API: response.generateVideoResponse.generatedSamples[].
     let gemini = response.get("generateVideoResponse");
-    let vertex_video = response.pointer("/videos/0");
-    let gemini_video = gemini.and_then(|g| g.pointer("/generatedSamples/0/video"));
-    for video in [vertex_video, gemini_video].into_iter().flatten() {
+    let listed = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut candidates = listed(response.get("videos"));
+    candidates.extend(
+        listed(gemini.and_then(|g| g.get("generatedSamples")))
+            .into_iter()
+            .filter_map(|s| s.get("video").cloned()),
+    );
+    let mut videos = Vec::new();
+    for video in &candidates {
         let text = |k: &str| {
             video
                 .get(k)
@@ -693,14 +794,15 @@ fn outcome(op: &Value) -> Result<VideoSource, GenError> {
                 .filter(|s| !s.is_empty())
         };
         if let Some(b64) = text("bytesBase64Encoded").or_else(|| text("encodedVideo")) {
-            return Ok(VideoSource::Inline(b64.to_string()));
+            videos.push(VideoSource::Inline(b64.to_string()));
+        } else if let Some(uri) = text("gcsUri") {
+            videos.push(VideoSource::Gcs(uri.to_string()));
+        } else if let Some(uri) = text("uri") {
+            videos.push(VideoSource::Uri(uri.to_string()));
         }
-        if let Some(uri) = text("gcsUri") {
-            return Ok(VideoSource::Gcs(uri.to_string()));
-        }
-        if let Some(uri) = text("uri") {
-            return Ok(VideoSource::Uri(uri.to_string()));
-        }
+    }
+    if !videos.is_empty() {
+        return Ok(videos);
     }
     let holder = gemini.unwrap_or(response);
     let count = holder
@@ -754,6 +856,7 @@ fn prefixed(label: &str, name: &str, e: GenError) -> GenError {
         GenError::Blocked { reason } => GenError::Blocked { reason },
         GenError::Permanent(m) => GenError::Permanent(format!("{label}: operation {name} {m}")),
         GenError::Transient(m) => GenError::Transient(format!("{label}: operation {name} {m}")),
+        GenError::Uncertain(m) => GenError::Uncertain(format!("{label}: operation {name} {m}")),
     }
 }
 
@@ -804,43 +907,17 @@ fn excerpt(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::backends::OperationLog;
     use crate::backends::http::test_server::{Log, Reply, serve};
-    use crate::backends::{OperationLog, VideoParams};
+    use crate::backends::testing::{self, MemoryOperations};
 
     /// The start of a real MP4: a `ftyp` box.
     const MP4: &[u8] = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\0\x08free";
 
-    /// The operations table in memory: key -> (backend, operation name).
-    #[derive(Default)]
-    struct Ops(Mutex<BTreeMap<String, (String, String)>>);
-
-    impl Ops {
-        fn name(&self, key: &str) -> Option<String> {
-            self.0.lock().unwrap().get(key).map(|(_, n)| n.clone())
-        }
-    }
-
-    impl OperationLog for Ops {
-        fn pending(&self, key: &str, backend: &str) -> Option<String> {
-            let ops = self.0.lock().unwrap();
-            ops.get(key)
-                .filter(|(b, _)| b == backend)
-                .map(|(_, n)| n.clone())
-        }
-        fn record(&self, key: &str, backend: &str, name: &str) -> anyhow::Result<()> {
-            let entry = (backend.to_string(), name.to_string());
-            self.0.lock().unwrap().insert(key.into(), entry);
-            Ok(())
-        }
-        fn clear(&self, key: &str) -> anyhow::Result<()> {
-            self.0.lock().unwrap().remove(key);
-            Ok(())
-        }
-    }
+    type Ops = MemoryOperations;
 
     fn png() -> ImageInput {
         let mut bytes = Vec::new();
@@ -855,24 +932,19 @@ mod tests {
     }
 
     fn video_request(first_last: bool) -> VideoRequest {
+        let mut recipe = testing::segment("veo-3.1-generate-001", "The boat rides the wave");
+        recipe.generate_audio = first_last;
+        if first_last {
+            recipe.negative_prompt = "blur".into();
+            recipe.seed = Some(7);
+            recipe.frames = "start+end".into();
+            recipe.last = Some("last".into());
+        }
         VideoRequest {
-            params: VideoParams {
-                model: "veo-3.1-generate-preview".into(),
-                duration_seconds: 8,
-                resolution: "720p".into(),
-                aspect_ratio: "16:9".into(),
-                generate_audio: first_last,
-                negative_prompt: if first_last {
-                    "blur".into()
-                } else {
-                    String::new()
-                },
-                seed: first_last.then_some(7),
-                first_last,
-            },
-            prompt: "The boat rides the wave".into(),
+            recipe,
             first: Some(png()),
             last: first_last.then(png),
+            references: Vec::new(),
             key: "k".into(),
         }
     }
@@ -881,7 +953,6 @@ mod tests {
         VeoOptions {
             poll_interval: Duration::from_millis(10),
             poll_timeout,
-            person_generation: None,
             storage_uri: None,
         }
     }
@@ -914,13 +985,7 @@ mod tests {
     }
 
     fn context(ops: Arc<Ops>, tmp: &Path) -> GenContext {
-        GenContext {
-            node_id: "segment/storm".into(),
-            key: "k".into(),
-            tmp_dir: tmp.to_path_buf(),
-            operations: ops,
-            status: Arc::new(|_| {}),
-        }
+        testing::context(tmp, ops).0
     }
 
     /// A Gemini-API Veo route whose submit starts operation `models/m/operations/{op}` and
@@ -945,12 +1010,14 @@ mod tests {
             .unwrap_err()
     }
 
-    fn prepared(req: &VideoRequest) -> (Option<Prepared>, Option<Prepared>) {
-        let (f, l) = request_images(req).unwrap();
-        let prep = |i: Option<ImageInput>| {
-            i.map(|i| Prepared(prepare_image(&i, ACCEPTED, MAX_INPUT_BYTES).unwrap()))
-        };
-        (prep(f), prep(l))
+    fn prepared(req: &VideoRequest) -> Images {
+        let (f, l) = request_images(req);
+        let prep = |i: ImageInput| Prepared(prepare_image(&i, ACCEPTED, MAX_INPUT_BYTES).unwrap());
+        Images {
+            first: f.map(prep),
+            last: l.map(prep),
+            references: req.references.iter().cloned().map(prep).collect(),
+        }
     }
 
     #[test]
@@ -958,14 +1025,13 @@ mod tests {
         let veo = vertex_veo(
             "http://unused",
             VeoOptions {
-                person_generation: Some("allow_adult".into()),
                 storage_uri: Some("gs://bucket/out/".into()),
                 ..options(Duration::from_secs(1))
             },
         );
-        let req = video_request(true);
-        let (first, last) = prepared(&req);
-        let body = veo.request_body(&req, first.as_ref(), last.as_ref());
+        let mut req = video_request(true);
+        req.recipe.person_generation = Some("allow_adult".into());
+        let body = veo.request_body(&req, &prepared(&req));
         let image = json!({"bytesBase64Encoded": BASE64.encode(&*png().bytes),
             "mimeType": "image/png"});
         assert_eq!(
@@ -983,8 +1049,7 @@ mod tests {
     fn gemini_api_body_has_no_inline_data_nor_vertex_only_fields() {
         let veo = gemini_veo("http://unused", Duration::from_secs(1));
         let req = video_request(true);
-        let (first, last) = prepared(&req);
-        let body = veo.request_body(&req, first.as_ref(), last.as_ref());
+        let body = veo.request_body(&req, &prepared(&req));
         let text = body.to_string();
         assert!(!text.contains("inlineData"), "{text}");
         assert_eq!(
@@ -996,8 +1061,7 @@ mod tests {
             assert!(!params.contains_key(field), "{field} sent: {text}");
         }
         let single = video_request(false);
-        let (first, last) = prepared(&single);
-        let body = veo.request_body(&single, first.as_ref(), last.as_ref());
+        let body = veo.request_body(&single, &prepared(&single));
         assert!(body.pointer("/instances/0/lastFrame").is_none());
         assert!(body.pointer("/parameters/negativePrompt").is_none());
     }
@@ -1009,12 +1073,21 @@ mod tests {
         assert_eq!(vertex.label(), "veo (vertex)");
         assert_eq!(gemini.label(), "veo (gemini-api)");
         let caps = gemini.capabilities("veo-3.0-generate-001");
-        assert!(!caps.seed && !caps.generate_audio && !caps.first_last_frame);
-        let caps = vertex.capabilities("veo-3.1-generate-preview");
-        assert!(caps.seed && caps.generate_audio && caps.first_last_frame);
-        let mut req = video_request(false);
-        req.params.resolution = "1080p".into();
-        req.params.duration_seconds = 6;
+        assert!(!caps.seed && !caps.generate_audio && !caps.model.first_last_frame);
+        let caps = vertex.capabilities("veo-3.1-generate-001");
+        assert!(caps.seed && caps.generate_audio && caps.model.first_last_frame);
+        let mut r = video_request(false).recipe;
+        r.resolution = "4k".into();
+        r.duration_seconds = 6;
+        r.sample_count = 5;
+        let problems: Vec<String> = caps
+            .check("veo", &r)
+            .into_iter()
+            .map(|p| p.setting)
+            .collect();
+        assert_eq!(problems, ["duration_seconds", "sample_count"]);
+        let mut req = video_request(true);
+        req.last = None;
         assert!(matches!(check(&req), Err(GenError::Permanent(_))));
     }
 
@@ -1022,15 +1095,21 @@ mod tests {
     fn done_operations_are_classified() {
         let vertex_inline = json!({"done": true, "response": {"raiMediaFilteredCount": 0,
             "videos": [{"bytesBase64Encoded": "AAAA", "mimeType": "video/mp4"}]}});
-        assert!(matches!(outcome(&vertex_inline), Ok(VideoSource::Inline(b)) if b == "AAAA"));
+        assert!(
+            matches!(outcome(&vertex_inline), Ok(v) if matches!(&v[..], [VideoSource::Inline(b)] if b == "AAAA"))
+        );
         let gcs = json!({"done": true, "response": {"videos": [{"gcsUri": "gs://b/o.mp4"}]}});
-        assert!(matches!(outcome(&gcs), Ok(VideoSource::Gcs(u)) if u == "gs://b/o.mp4"));
+        assert!(
+            matches!(outcome(&gcs), Ok(v) if matches!(&v[..], [VideoSource::Gcs(u)] if u == "gs://b/o.mp4"))
+        );
         let gemini_uri = json!({"done": true, "response": {"generateVideoResponse":
             {"generatedSamples": [{"video": {"uri": "https://x/v1beta/files/a:download?alt=media"}}]}}});
-        assert!(matches!(outcome(&gemini_uri), Ok(VideoSource::Uri(_))));
+        assert!(matches!(outcome(&gemini_uri), Ok(v) if matches!(&v[..], [VideoSource::Uri(_)])));
         let gemini_inline = json!({"done": true, "response": {"generateVideoResponse":
             {"generatedSamples": [{"video": {"encodedVideo": "BBBB", "encoding": "video/mp4"}}]}}});
-        assert!(matches!(outcome(&gemini_inline), Ok(VideoSource::Inline(b)) if b == "BBBB"));
+        assert!(
+            matches!(outcome(&gemini_inline), Ok(v) if matches!(&v[..], [VideoSource::Inline(b)] if b == "BBBB"))
+        );
 
         let rai = json!({"done": true, "response": {"generateVideoResponse":
             {"raiMediaFilteredCount": 1, "raiMediaFilteredReasons":
@@ -1117,8 +1196,8 @@ mod tests {
             .generate(&video_request(false), &context(ops.clone(), tmp.path()))
             .await
             .unwrap();
-        assert_eq!(std::fs::read(&out.mp4).unwrap(), MP4);
-        assert!(out.mp4.starts_with(tmp.path()));
+        assert_eq!(std::fs::read(&out.mp4s[0]).unwrap(), MP4);
+        assert!(out.mp4s[0].starts_with(tmp.path()));
         assert_eq!(*recorded_before_poll.lock().unwrap(), Some(true));
         // The engine clears the record once the video is stored, not the backend.
         assert_eq!(
@@ -1177,7 +1256,7 @@ mod tests {
             .generate(&video_request(true), &context(ops.clone(), tmp.path()))
             .await
             .unwrap();
-        assert_eq!(std::fs::read(&out.mp4).unwrap(), MP4);
+        assert_eq!(std::fs::read(&out.mp4s[0]).unwrap(), MP4);
         assert_eq!(ops.name("k").as_deref(), Some(name));
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 3);
@@ -1274,5 +1353,94 @@ mod tests {
             assert!(err.to_string().contains("downloading"), "{err}");
             assert_eq!(ops.name("k").is_some(), kept, "HTTP {status}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_submission_without_an_answer_is_not_sent_again() {
+        // The first answer comes after the client's timeout; a retry would start a second job.
+        let (base, log) = serve(|_, _| {
+            Reply::json(200, json!({"name": "models/m/operations/late"}))
+                .after(Duration::from_millis(800))
+        })
+        .await;
+        let route = Route::Gemini {
+            base_url: base,
+            key: Secret::new("veo-key-123"),
+        };
+        let http = Http::new(0.2, 3)
+            .unwrap()
+            .with_first_delay(Duration::from_millis(5));
+        let veo = Veo::new(route, http, options(Duration::from_secs(1)));
+        let ops = Arc::new(Ops::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let err = veo
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GenError::Uncertain(m) if m.contains("--force segment/test")),
+            "{err}"
+        );
+        assert!(
+            !err.is_permanent(),
+            "no fallback may run after an uncertain submit"
+        );
+        assert_eq!(log.lock().unwrap().len(), 1, "the submission was sent once");
+        assert!(matches!(ops.get("k"), Some(Pending::Uncertain { .. })));
+
+        // The next build refuses to send it again, without a request...
+        let err = veo
+            .generate(&video_request(false), &context(ops.clone(), tmp.path()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GenError::Uncertain(_)));
+        assert_eq!(log.lock().unwrap().len(), 1);
+        // ...unless forced (which sends it again; this server is still slow, so it stays
+        // uncertain).
+        let (mut ctx, _) = testing::context(tmp.path(), ops.clone());
+        ctx.resubmit = true;
+        let _ = veo.generate(&video_request(false), &ctx).await;
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_download_redirected_to_another_host_gets_no_key() {
+        let (elsewhere, elsewhere_log) = serve(|_, _| Reply::bytes(200, MP4.to_vec())).await;
+        let target = format!("{elsewhere}/signed/video.mp4");
+        let (base, log) = serve(move |req, _| {
+            if req.target.contains(":download") {
+                Reply::bytes(302, Vec::new()).header("location", &target)
+            } else {
+                Reply::json(200, json!({}))
+            }
+        })
+        .await;
+        let veo = gemini_veo(&base, Duration::from_secs(1));
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = context(Arc::default(), tmp.path());
+        let path = tmp.path().join("v.mp4");
+        let uri = format!("{base}/v1beta/files/abc:download?alt=media");
+        veo.fetch_file(&uri, &path, &ctx).await.ok().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), MP4);
+        let first = &log.lock().unwrap()[0];
+        assert_eq!(
+            first.header("x-goog-api-key").as_deref(),
+            Some("veo-key-123")
+        );
+        let signed = &elsewhere_log.lock().unwrap()[0];
+        assert_eq!(
+            signed.header("x-goog-api-key"),
+            None,
+            "the key left Google's host"
+        );
+        assert!(!signed.target.contains("key="));
+
+        // A uri on Google's own host is fetched from the configured base URL instead.
+        let google = format!(
+            "{}/v1beta/files/abc:download?alt=media",
+            gemini::DEFAULT_BASE_URL
+        );
+        veo.fetch_file(&google, &path, &ctx).await.ok().unwrap();
+        assert_eq!(log.lock().unwrap().len(), 2);
     }
 }
