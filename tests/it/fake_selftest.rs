@@ -13,8 +13,8 @@ use crate::support::fake_google::{
     PROJECT, Route, Times,
 };
 
-const IMAGE_MODEL: &str = "gemini-2.5-flash-image";
-const VEO_MODEL: &str = "veo-3.0-generate-001";
+const IMAGE_MODEL: &str = "gemini-3.1-flash-image";
+const VEO_MODEL: &str = "veo-3.1-generate-001";
 
 fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
@@ -92,8 +92,13 @@ impl Client {
     }
 
     async fn vertex(&self, action: &str, body: &Value) -> (u16, String) {
+        self.vertex_model(VEO_MODEL, action, body).await
+    }
+
+    /// POSTs `body` to a Vertex model's `action` (`v1`) with the bearer token.
+    async fn vertex_model(&self, model: &str, action: &str, body: &Value) -> (u16, String) {
         let url = format!(
-            "{}/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{VEO_MODEL}:{action}",
+            "{}/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{model}:{action}",
             self.base
         );
         send(self.http.post(url).bearer_auth(ACCESS_TOKEN).json(body)).await
@@ -184,7 +189,7 @@ async fn generate_content_answers_a_real_png_and_records_the_request() {
         (recorded.method.as_str(), recorded.path.as_str()),
         (
             "POST",
-            "/v1beta/models/gemini-2.5-flash-image:generateContent"
+            "/v1beta/models/gemini-3.1-flash-image:generateContent"
         )
     );
     assert!(recorded.snake_case_fields.is_empty());
@@ -501,6 +506,11 @@ async fn vertex_veo_runs_an_operation_to_a_real_mp4() {
     last_frame["instances"][0]["lastFrame"] =
         json!({"bytesBase64Encoded": b64_png(), "mimeType": "image/png"});
     let (status, text) = client.vertex("predictLongRunning", &last_frame).await;
+    assert_eq!(status, 200, "Veo 3.1 takes a last frame: {text}");
+    fake.reinstate("veo-3.0-generate-001");
+    let (status, text) = client
+        .vertex_model("veo-3.0-generate-001", "predictLongRunning", &last_frame)
+        .await;
     assert!(google_error(status, &text, 400, "INVALID_ARGUMENT").contains("lastFrame"));
 }
 
