@@ -118,7 +118,7 @@ fn items_in(prompt: &str) -> usize {
 
 /// A deterministic, minimal instance of a Gemini schema, as a model following it would write:
 /// objects with every property, arrays of [`items_in`] items, strings quoting the prompt
-/// (`"motion 2: A lighthouse keeper's night, 4"`), the first value of an enum, an `id`-like
+/// (`"motion 2: A lighthouse keeper's night, 4 shots"`), the first value of an enum, an `id`-like
 /// property as a slug of its array's item name (`shot-2` in `shots`), integers and numbers from
 /// the item's 1-based position within `minimum` / `maximum`, booleans true.
 fn instance(schema: &Value, name: &str, item: &str, n: usize, items: usize, words: &str) -> Value {
