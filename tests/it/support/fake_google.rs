@@ -3,38 +3,52 @@
 //! One real HTTP server (axum, on its own thread and tokio runtime, so plain `#[test]` functions
 //! can run the `ttv` binary against it) that speaks every route of /work/shared/API.md and checks
 //! what it receives the way Google does: the API key or bearer token, proto3 JSON field names,
-//! base64 that decodes to a real PNG / JPEG / WebP, allowed Veo parameters, `inlineData` refused
-//! on the Gemini-API Veo route. It answers with real PNG and MP4 bytes, records every request,
-//! and can be scripted to fail ([`Fault`]).
+//! base64 that decodes to a real PNG / JPEG / WebP, the models served in November 2026 and what
+//! each can do (models.rs), allowed Veo parameters, `inlineData` refused on the Gemini-API Veo
+//! route. It answers with real PNG and MP4 bytes and schema-shaped JSON, records every request,
+//! and can be scripted to fail ([`Fault`]). [`check_against_sdk`] compares a recorded request
+//! with what Google's own SDK sends for the same call.
 //!
-//! Routes, all under [`FakeGoogle::base_url`]:
-//! - Gemini: `POST /v1beta/models/{model}:generateContent`
-//! - Veo, Gemini API: `POST /v1beta/models/{model}:predictLongRunning`,
+//! Routes, all under [`FakeGoogle::base_url`] (`{v}`: the API versions the SDK uses, recorded in
+//! [`Recorded::version`]):
+//! - Gemini API, `{v}` = `v1` or `v1beta`: `POST /{v}/models/{model}:generateContent`,
+//!   `GET /{v}/models/{model}` (models.get)
+//! - Veo, Gemini API (`v1beta` only): `POST /v1beta/models/{model}:predictLongRunning`,
 //!   `GET /v1beta/models/{model}/operations/{id}`, `GET /v1beta/files/{id}:download?alt=media`
 //!   (a 302 to `/fake-blobs/{id}`, which serves the MP4 without a key, like a signed URL)
-//! - Veo, Vertex AI: `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:`
-//!   `predictLongRunning` and `:fetchPredictOperation`
+//! - Vertex AI, `{v}` = `v1` or `v1beta1`: `POST /{v}/projects/{p}/locations/{l}/publishers/`
+//!   `google/models/{model}:` `generateContent`, `predictLongRunning` and
+//!   `fetchPredictOperation`; `GET /{v}/publishers/google/models/{model}` (models.get)
 //! - Cloud Storage JSON API: `GET /storage/v1/b/{bucket}/o/{object}?alt=media` (for `storageUri`)
 //! - OAuth: `POST /token` (service-account JWT bearer grant, signature checked with openssl)
+//!
+//! A second port ([`FakeGoogle::other_base_url`]) serves only downloads, without a key, like a
+//! signed URL on another host: see [`FakeGoogle::downloads_elsewhere`].
 //!
 //! Every answer is deterministic except for a small marker that makes each generated file
 //! unique (a 4x4 corner block in images, a trailing `free` box in MP4s), so that a reroll is a
 //! new blob, as it is with Google.
 
+mod conn;
 mod gemini;
+mod models;
+pub mod sdk_shapes;
 mod server;
+mod text;
 mod token;
 mod veo;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+pub use sdk_shapes::{check_against_sdk, check_against_sdk_allowing};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -74,6 +88,8 @@ pub enum Route {
     Download,
     /// Where the download redirects to.
     FileBlob,
+    /// `models.get` on either API: free.
+    ModelsGet,
     Gcs,
     Token,
     /// No such route: answered 404.
@@ -105,6 +121,9 @@ pub struct Recorded {
     /// `None` for Cloud Storage, the token endpoint and unknown routes.
     pub api: Option<Api>,
     pub model: Option<String>,
+    /// The API version the path starts with (`v1`, `v1beta`, `v1beta1`); `None` off the
+    /// Gemini and Vertex routes.
+    pub version: Option<String>,
     pub method: String,
     pub path: String,
     /// The raw query string, with the value of `key=` replaced by `<API_KEY>` or `<wrong key>`.
@@ -119,14 +138,19 @@ pub struct Recorded {
     /// Paths (Google's snake_case spelling) of fields that were sent in snake_case, which Google
     /// accepts but ttv should not send.
     pub snake_case_fields: Vec<String>,
-    /// The HTTP status the fake answered; 0 while the request is still being served.
+    /// The HTTP status the fake answered; 0 while the request is still being served, or when
+    /// the connection was dropped without an answer ([`Fault::DropAfterBody`]).
     pub status: u16,
+    /// The local port the request came in on: [`FakeGoogle::port`] or
+    /// [`FakeGoogle::other_port`].
+    pub port: u16,
 }
 
 /// An image found in a recorded request body.
 #[derive(Debug, Clone)]
 pub struct SentImage {
-    /// Where it was, e.g. `contents[0].parts[2].inlineData` or `instances[0].lastFrame`.
+    /// Where it was, e.g. `contents[0].parts[2].inlineData`, `instances[0].lastFrame` or
+    /// `instances[0].referenceImages[1].image`.
     pub field: String,
     /// The text part just before it (Gemini), e.g. "Reference image 'hero':".
     pub label: Option<String>,
@@ -189,6 +213,12 @@ impl Recorded {
                     );
                 }
             }
+            for (r, reference) in array(get(instance, "referenceImages")).iter().enumerate() {
+                if let Some(blob) = get(reference, "image") {
+                    let field = format!("instances[{i}].referenceImages[{r}].image");
+                    push(field, None, blob, "bytesBase64Encoded");
+                }
+            }
         }
         images
     }
@@ -202,8 +232,14 @@ impl Recorded {
     }
 }
 
-/// A way to fail, as Google does. HTTP-level faults (the first five rows) apply to any API
+/// A way to fail, as Google does. HTTP-level faults (the first nine rows) apply to any API
 /// route; the others only where they make sense (noted on each).
+///
+/// The HTTP-level faults come in two sorts. Refusals (429, 500, 503, 403, [`Fault::NotJson`])
+/// answer instead of the service: nothing is made. Uncertain outcomes ([`Fault::Hang`],
+/// [`Fault::Truncated`], [`Fault::Garbled200`], [`Fault::DropAfterBody`]) are served first and
+/// then mangled on the way back: a Veo submit still creates its operation (a paid job the client
+/// cannot see), so sending it again makes a second one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// 429 RESOURCE_EXHAUSTED with a `RetryInfo` detail and "Please retry in {delay}.".
@@ -214,12 +250,18 @@ pub enum Fault {
     Status503,
     /// 403 PERMISSION_DENIED (a suspended key).
     Status403,
-    /// Sleep this long (past the client's timeout), then answer normally.
+    /// Reads and records the whole body and serves it (a Veo operation is created), then waits
+    /// this long (past the client's timeout) before answering: a hang after the body.
     Hang(Duration),
-    /// 200 with an HTML body.
+    /// 200 with an HTML body (a proxy's error page: the request did not reach the service).
     NotJson,
     /// 200 with the normal JSON body cut in half (the content-length says so: it is valid HTTP).
     Truncated,
+    /// Served, then a 200 whose body is not JSON (gzip bytes without `Content-Encoding`).
+    Garbled200,
+    /// Reads and records the whole body and serves it, then closes the connection without an
+    /// answer: the client sees the connection end before any response.
+    DropAfterBody,
     /// generateContent: finishReason IMAGE_SAFETY, a text part and no image.
     ImageSafety,
     /// generateContent: `promptFeedback.blockReason` SAFETY and no candidates.
@@ -262,7 +304,9 @@ impl Fault {
             | Fault::Status403
             | Fault::Hang(_)
             | Fault::NotJson
-            | Fault::Truncated => FaultKind::Http,
+            | Fault::Truncated
+            | Fault::Garbled200
+            | Fault::DropAfterBody => FaultKind::Http,
             Fault::ImageSafety | Fault::PromptBlocked | Fault::JpegAnswer => FaultKind::Frame,
             Fault::RaiFiltered
             | Fault::OperationError { .. }
@@ -283,7 +327,8 @@ pub struct Match {
 
 impl Match {
     /// Any request the fault applies to. Without a route, HTTP-level faults affect the API
-    /// routes (generateContent, Veo submit and poll, download, Cloud Storage) but not `/token`.
+    /// routes (generateContent, Veo submit and poll, models.get, download, Cloud Storage) but not
+    /// `/token`.
     pub fn any() -> Match {
         Match::default()
     }
@@ -346,6 +391,8 @@ struct Script {
 }
 
 struct Operation {
+    /// Creation order.
+    serial: u64,
     prompt: String,
     /// `None`: never done.
     polls_left: Option<u32>,
@@ -353,7 +400,6 @@ struct Operation {
     result: Value,
 }
 
-#[derive(Default)]
 struct Inner {
     requests: Vec<Recorded>,
     scripts: Vec<Script>,
@@ -364,10 +410,37 @@ struct Inner {
     objects: HashMap<(String, String), (Vec<u8>, String)>,
     polls_before_done: u32,
     serial: u64,
+    /// Model ids answered 404 NOT_FOUND.
+    retired: BTreeSet<String>,
+    gemini_api_veo: bool,
+    downloads_elsewhere: bool,
+    redirect_downloads_elsewhere: bool,
+}
+
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            requests: Vec::new(),
+            scripts: Vec::new(),
+            operations: HashMap::new(),
+            files: HashMap::new(),
+            objects: HashMap::new(),
+            polls_before_done: 1,
+            serial: 0,
+            retired: models::retired_by_default(),
+            gemini_api_veo: true,
+            downloads_elsewhere: false,
+            redirect_downloads_elsewhere: false,
+        }
+    }
 }
 
 struct Shared {
     base_url: String,
+    port: u16,
+    /// The second port's base URL, which serves downloads only.
+    other_base_url: String,
+    other_port: u16,
     inner: Mutex<Inner>,
 }
 
@@ -399,19 +472,25 @@ pub struct FakeGoogle {
 }
 
 impl FakeGoogle {
-    /// Binds 127.0.0.1 on a free port and serves on a background thread.
+    /// Binds 127.0.0.1 on two free ports (the main one and the downloads-only other one) and
+    /// serves both on a background thread.
     pub fn start() -> FakeGoogle {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("local addr").port();
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
+            let port = listener.local_addr().expect("local addr").port();
+            (listener, port)
+        };
+        let (main, port) = bind();
+        let (other, other_port) = bind();
         let shared = Arc::new(Shared {
             base_url: format!("http://127.0.0.1:{port}"),
-            inner: Mutex::new(Inner {
-                polls_before_done: 1,
-                ..Inner::default()
-            }),
+            port,
+            other_base_url: format!("http://127.0.0.1:{other_port}"),
+            other_port,
+            inner: Mutex::new(Inner::new()),
         });
         let app = axum::Router::new()
             .fallback(server::serve)
@@ -427,9 +506,18 @@ impl FakeGoogle {
                     .build()
                     .expect("fake google runtime");
                 runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let listen = |std| {
+                        conn::Listener(tokio::net::TcpListener::from_std(std).expect("listener"))
+                    };
+                    let serve = |listener| {
+                        let service = app
+                            .clone()
+                            .into_make_service_with_connect_info::<conn::Conn>();
+                        axum::serve(listener, service)
+                    };
                     tokio::select! {
-                        result = axum::serve(listener, app) => result.expect("fake google server"),
+                        result = serve(listen(main)) => result.expect("fake google server"),
+                        result = serve(listen(other)) => result.expect("fake google other port"),
                         _ = stop => {}
                     }
                 });
@@ -448,6 +536,92 @@ impl FakeGoogle {
     /// TTV_STORAGE_BASE_URL.
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
+    }
+
+    /// The main port, which serves every route.
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// `http://127.0.0.1:OTHER_PORT`: a second listener of this fake that serves only
+    /// `GET /v1beta/files/{id}:download?alt=media` and `/fake-blobs/{id}`, without a key, like a
+    /// signed URL on another host. Anything else there is a 404.
+    pub fn other_base_url(&self) -> &str {
+        &self.shared.other_base_url
+    }
+
+    pub fn other_port(&self) -> u16 {
+        self.shared.other_port
+    }
+
+    /// The requests that came in on [`FakeGoogle::other_port`], in arrival order: a test can
+    /// assert none carried the API key (`auth`, `headers` and `query` say).
+    pub fn other_port_requests(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.port == self.shared.other_port)
+            .collect()
+    }
+
+    /// When on, the Gemini-API Veo operations created from now on give download uris on the
+    /// other port (`{other_base_url}/v1beta/files/{id}:download?alt=media`), served without a
+    /// key. Off by default.
+    pub fn downloads_elsewhere(&self, on: bool) {
+        self.shared.lock().downloads_elsewhere = on;
+    }
+
+    /// When on, the main port's `files/{id}:download` answers its 302 with the other port's
+    /// `/fake-blobs/{id}` instead of its own: a client that follows it must not carry the key
+    /// across. Off by default.
+    pub fn redirect_downloads_elsewhere(&self, on: bool) {
+        self.shared.lock().redirect_downloads_elsewhere = on;
+    }
+
+    /// Retires a model: from now on every route naming it, models.get included, answers 404
+    /// NOT_FOUND. A fake starts with Google's November 2026 retirements: `gemini-2.5-flash-image`,
+    /// `gemini-3-pro-image-preview`, `gemini-3.1-flash-image-preview`, `veo-3.0-generate-001`
+    /// and `veo-3.0-fast-generate-001`.
+    pub fn retire(&self, model: &str) {
+        self.shared.lock().retired.insert(model.to_owned());
+    }
+
+    /// Serves a retired model again, with what it could do before it was retired (the 3.0 Veo
+    /// models make no 4k, take no last frame or reference images). Ids the fake does not know
+    /// stay unknown (404).
+    pub fn reinstate(&self, model: &str) {
+        self.shared.lock().retired.remove(model);
+    }
+
+    /// Whether the Gemini API serves Veo: when off, a Veo submit there answers 404 NOT_FOUND
+    /// and models.get lists no `predictLongRunning` for Veo models (polls and downloads of
+    /// existing operations still work). On by default, as ttv's tests fall back to it; the SDK
+    /// 3.x refuses Veo on the Gemini API, which suggests Google withdrew it.
+    pub fn gemini_api_veo(&self, served: bool) {
+        self.shared.lock().gemini_api_veo = served;
+    }
+
+    /// How many requests hit a paid route (generateContent and Veo submits), whatever they
+    /// were answered. models.get, polls and downloads are free.
+    pub fn paid_requests(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| matches!(r.route, Route::GenerateContent | Route::VeoSubmit))
+            .count()
+    }
+
+    /// The names of every Veo operation created, in creation order: one per paid job Google
+    /// would have started, including those whose answer the client never saw.
+    pub fn operations(&self) -> Vec<String> {
+        let inner = self.shared.lock();
+        let mut operations: Vec<(u64, &String)> = inner
+            .operations
+            .iter()
+            .map(|(n, o)| (o.serial, n))
+            .collect();
+        operations.sort();
+        operations.into_iter().map(|(_, n)| n.clone()).collect()
     }
 
     /// The environment that points ttv at this fake, credentials apart: the three base URLs,

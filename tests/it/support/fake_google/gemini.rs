@@ -1,19 +1,18 @@
-//! Gemini image generation (`generateContent`): request checks and answers with real images.
+//! Gemini `generateContent`: request checks for the image and text models, and answers with
+//! real images (text answers are text.rs's).
 
 use super::*;
 
-pub(super) fn check_generate_content(model: &str, body: &Value) -> Result<(), ApiError> {
-    if !(model.starts_with("gemini-") && model.contains("image")) {
-        return Err(ApiError::not_found(format!(
-            "models/{model} is not found for API version v1beta, or is not supported for generateContent."
-        )));
-    }
+use models::{Kind, Model};
+
+pub(super) fn check_generate_content(model: &Model, body: &Value) -> Result<(), ApiError> {
     let contents = array(get(body, "contents"));
     if contents.is_empty() {
         return Err(ApiError::invalid(
             "* GenerateContentRequest.contents: contents is not specified",
         ));
     }
+    let mut images = 0;
     for (c, content) in contents.iter().enumerate() {
         let parts = array(get(content, "parts"));
         if parts.is_empty() {
@@ -23,6 +22,7 @@ pub(super) fn check_generate_content(model: &str, body: &Value) -> Result<(), Ap
         }
         for (p, part) in parts.iter().enumerate() {
             if let Some(blob) = get(part, "inlineData") {
+                images += 1;
                 let path = format!("contents[{c}].parts[{p}].inline_data.data");
                 wire::check_image(
                     &path,
@@ -45,29 +45,65 @@ pub(super) fn check_generate_content(model: &str, body: &Value) -> Result<(), Ap
             ));
         }
     }
-    let image_config = get(&config, "imageConfig").cloned().unwrap_or(Value::Null);
-    match get_str(&image_config, "aspectRatio") {
-        Some(ratio) if !IMAGE_ASPECT_RATIOS.contains(&ratio) => Err(ApiError::invalid(format!(
+    if let Some(max) = model.max_images
+        && images > max
+    {
+        return Err(ApiError::invalid(format!(
+            "The request has {images} inline images; {} takes at most {max}.",
+            model.id
+        )));
+    }
+    match model.kind {
+        Kind::Image => check_image_config(model, &config),
+        Kind::Text => text::check_config(&config),
+        Kind::Video => unreachable!("models::served refuses Veo on generateContent"),
+    }
+}
+
+fn check_image_config(model: &Model, config: &Value) -> Result<(), ApiError> {
+    let image_config = get(config, "imageConfig").cloned().unwrap_or(Value::Null);
+    if let Some(ratio) = get_str(&image_config, "aspectRatio")
+        && !IMAGE_ASPECT_RATIOS.contains(&ratio)
+    {
+        return Err(ApiError::invalid(format!(
             "Unsupported aspect ratio: {ratio}. Supported: {}.",
             IMAGE_ASPECT_RATIOS.join(", ")
-        ))),
+        )));
+    }
+    match get_str(&image_config, "imageSize") {
+        Some(size) if !model.image_sizes.contains(&size) => Err(ApiError::field(
+            "generation_config.image_config.image_size",
+            format!(
+                "Unsupported image size: {size}. {} supports: {}.",
+                model.id,
+                model.image_sizes.join(", ")
+            ),
+        )),
         _ => Ok(()),
     }
 }
 
+/// The answer: a candidate with an image (image models) or text (text models), and the
+/// provenance every answer carries (`responseId`, `modelVersion`, `usageMetadata`).
 pub(super) fn generate_content(
     shared: &Shared,
-    model: &str,
+    model: &Model,
     body: &Value,
     prompt: &str,
 ) -> Response {
     let serial = server::next_serial(shared);
     let fault = shared.take_fault(FaultKind::Frame, Route::GenerateContent, Some(prompt));
-    let usage = json!({"promptTokenCount": prompt.len() / 4 + 1, "candidatesTokenCount": 1290, "totalTokenCount": prompt.len() / 4 + 1291});
-    let mut answer = json!({"usageMetadata": usage, "modelVersion": model, "responseId": format!("fake-response-{serial}")});
     let config = get(body, "generationConfig")
         .cloned()
         .unwrap_or(Value::Null);
+    let text_answer = (model.kind == Kind::Text).then(|| text::answer(&config, prompt));
+    let prompt_tokens = prompt.len() / 4 + 1;
+    let candidate_tokens = match &text_answer {
+        Some(text) => text.len() / 4 + 1,
+        None => 1290,
+    };
+    let usage = json!({"promptTokenCount": prompt_tokens, "candidatesTokenCount": candidate_tokens, "totalTokenCount": prompt_tokens + candidate_tokens});
+    let mut answer = json!({"usageMetadata": usage, "modelVersion": model.id, "responseId": format!("fake-response-{serial}")});
     let modalities: Vec<&str> = array(get(&config, "responseModalities"))
         .iter()
         .filter_map(Value::as_str)
@@ -88,15 +124,12 @@ pub(super) fn generate_content(
                 "Unable to show the generated image. The image was filtered out because it violated Google's Generative AI Prohibited Use policy."
             );
         }
-        fault if wants_image => {
-            let ratio = get_str(
-                &get(&config, "imageConfig").cloned().unwrap_or(Value::Null),
-                "aspectRatio",
-            )
-            .unwrap_or("1:1")
-            .to_owned();
+        fault if wants_image && text_answer.is_none() => {
+            let image_config = get(&config, "imageConfig").cloned().unwrap_or(Value::Null);
+            let ratio = get_str(&image_config, "aspectRatio").unwrap_or("1:1");
+            let size = get_str(&image_config, "imageSize").unwrap_or("1K");
             let jpeg = fault == Some(Fault::JpegAnswer);
-            let (mime, bytes) = frame_image(prompt, &ratio, serial, jpeg);
+            let (mime, bytes) = frame_image(prompt, ratio, size, serial, jpeg);
             let mut parts = Vec::new();
             if wants_text {
                 parts.push(json!({"text": "Here is the image you asked for."}));
@@ -105,27 +138,40 @@ pub(super) fn generate_content(
             answer["candidates"] = candidate(Value::Array(parts), "STOP");
         }
         _ => {
-            answer["candidates"] = candidate(
-                json!([{"text": "I can only describe the image in words."}]),
-                "STOP",
-            );
+            let text =
+                text_answer.unwrap_or_else(|| "I can only describe the image in words.".into());
+            answer["candidates"] = candidate(json!([{ "text": text }]), "STOP");
         }
     }
     json_response(StatusCode::OK, &answer)
 }
 
-/// A solid image in the prompt's colour, longest side 64 px, with a 4x4 marker block that makes
-/// every answer's bytes unique.
-fn frame_image(prompt: &str, ratio: &str, serial: u64, jpeg: bool) -> (&'static str, Vec<u8>) {
+/// A solid image in the prompt's colour with a 4x4 marker block that makes every answer's bytes
+/// unique. Its longest side follows `imageSize` at a sixteenth of Google's, for speed: 32 px
+/// (512px), 64 px (1K), 128 px (2K), 256 px (4K).
+fn frame_image(
+    prompt: &str,
+    ratio: &str,
+    size: &str,
+    serial: u64,
+    jpeg: bool,
+) -> (&'static str, Vec<u8>) {
+    let long: f64 = match size {
+        "512px" => 32.0,
+        "2K" => 128.0,
+        "4K" => 256.0,
+        _ => 64.0,
+    };
     let (a, b) = ratio
         .split_once(':')
         .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)))
         .unwrap_or((1.0, 1.0));
     let (w, h) = if a >= b {
-        (64, (64.0 * b / a).round() as u32)
+        (long, (long * b / a).round())
     } else {
-        ((64.0 * a / b).round() as u32, 64)
+        ((long * a / b).round(), long)
     };
+    let (w, h) = (w as u32, h as u32);
     let colour = FakeGoogle::colour_for(prompt);
     let marker = [
         (serial * 37 % 256) as u8,

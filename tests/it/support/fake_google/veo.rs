@@ -2,12 +2,12 @@
 
 use super::*;
 
-pub(super) fn check_veo(api: Api, model: &str, body: &Value) -> Result<(), ApiError> {
-    if !model.starts_with("veo-") {
-        return Err(ApiError::not_found(format!(
-            "models/{model} is not found, or is not supported for predictLongRunning."
-        )));
-    }
+use models::Model;
+
+/// The most asset reference images one request may carry.
+const MAX_REFERENCE_IMAGES: usize = 3;
+
+pub(super) fn check_veo(api: Api, model: &Model, body: &Value) -> Result<(), ApiError> {
     let instances = array(get(body, "instances"));
     let [instance] = instances else {
         return Err(ApiError::invalid(format!(
@@ -23,41 +23,20 @@ pub(super) fn check_veo(api: Api, model: &str, body: &Value) -> Result<(), ApiEr
         let Some(image) = get(instance, name) else {
             continue;
         };
-        if name == "lastFrame" && !model.starts_with("veo-3.1") {
+        if name == "lastFrame" && !model.frames_and_references {
             return Err(ApiError::invalid(format!(
-                "`lastFrame` isn't supported by {model}."
+                "`lastFrame` isn't supported by {}.",
+                model.id
             )));
         }
-        if get(image, "inlineData").is_some() {
-            return Err(ApiError::invalid(
-                "`inlineData` isn't supported by this model.",
-            ));
-        }
-        let path = format!("instances[0].{}", wire::snake_case(name));
-        match (
-            get_str(image, "bytesBase64Encoded"),
-            get_str(image, "gcsUri"),
+        check_veo_image(
             api,
-        ) {
-            (Some(data), None, _) => {
-                wire::check_image(
-                    &format!("{path}.bytes_base64_encoded"),
-                    get_str(image, "mimeType"),
-                    data,
-                )?;
-            }
-            (None, Some(_), Api::Gemini) => {
-                return Err(ApiError::invalid("`gcsUri` isn't supported by this model."));
-            }
-            (None, Some(uri), Api::Vertex) if uri.starts_with("gs://") => {}
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "{path}: exactly one of bytesBase64Encoded or a gs:// gcsUri is required."
-                )));
-            }
-        }
+            image,
+            &format!("instances[0].{}", wire::snake_case(name)),
+        )?;
     }
     let params = get(body, "parameters").cloned().unwrap_or(Value::Null);
+    check_reference_images(api, model, instance, &params)?;
     if api == Api::Gemini {
         for name in ["seed", "generateAudio", "storageUri"] {
             if get(&params, name).is_some() {
@@ -78,22 +57,108 @@ pub(super) fn check_veo(api: Api, model: &str, body: &Value) -> Result<(), ApiEr
     let int = |name| get_int(&params, name).map(|n| n.to_string());
     allowed("aspectRatio", text("aspectRatio"), &["16:9", "9:16"])?;
     allowed("durationSeconds", int("durationSeconds"), &["4", "6", "8"])?;
-    allowed("resolution", text("resolution"), &["720p", "1080p"])?;
+    allowed("resolution", text("resolution"), model.resolutions)?;
     allowed("sampleCount", int("sampleCount"), &["1", "2", "3", "4"])?;
     allowed(
         "personGeneration",
         text("personGeneration"),
         &["allow_adult", "dont_allow", "allow_all"],
     )?;
-    if text("resolution").as_deref() == Some("1080p")
+    if let Some(resolution @ ("1080p" | "4k")) = text("resolution").as_deref()
         && get_int(&params, "durationSeconds").is_some_and(|d| d != 8)
     {
-        return Err(ApiError::invalid(
-            "1080p is only supported for 8 second videos.",
-        ));
+        return Err(ApiError::invalid(format!(
+            "{resolution} is only supported for 8 second videos."
+        )));
     }
     if text("storageUri").is_some_and(|u| !u.starts_with("gs://")) {
         return Err(ApiError::invalid("storageUri must be a gs:// URI."));
+    }
+    Ok(())
+}
+
+/// A first or last frame, or a reference image: bytes or (Vertex) a gs:// uri, never
+/// `inlineData`.
+fn check_veo_image(api: Api, image: &Value, path: &str) -> Result<(), ApiError> {
+    if get(image, "inlineData").is_some() {
+        return Err(ApiError::invalid(
+            "`inlineData` isn't supported by this model.",
+        ));
+    }
+    match (
+        get_str(image, "bytesBase64Encoded"),
+        get_str(image, "gcsUri"),
+        api,
+    ) {
+        (Some(data), None, _) => {
+            wire::check_image(
+                &format!("{path}.bytes_base64_encoded"),
+                get_str(image, "mimeType"),
+                data,
+            )?;
+            Ok(())
+        }
+        (None, Some(_), Api::Gemini) => {
+            Err(ApiError::invalid("`gcsUri` isn't supported by this model."))
+        }
+        (None, Some(uri), Api::Vertex) if uri.starts_with("gs://") => Ok(()),
+        _ => Err(ApiError::invalid(format!(
+            "{path}: exactly one of bytesBase64Encoded or a gs:// gcsUri is required."
+        ))),
+    }
+}
+
+/// `referenceImages`: up to three ASSET images, 8 s videos only, never with a first or last
+/// frame.
+fn check_reference_images(
+    api: Api,
+    model: &Model,
+    instance: &Value,
+    params: &Value,
+) -> Result<(), ApiError> {
+    let Some(references) = get(instance, "referenceImages") else {
+        return Ok(());
+    };
+    let references = array(Some(references));
+    if !model.frames_and_references {
+        return Err(ApiError::invalid(format!(
+            "`referenceImages` isn't supported by {}.",
+            model.id
+        )));
+    }
+    if references.is_empty() || references.len() > MAX_REFERENCE_IMAGES {
+        return Err(ApiError::invalid(format!(
+            "`referenceImages` takes 1 to {MAX_REFERENCE_IMAGES} images, got {}.",
+            references.len()
+        )));
+    }
+    for frame in ["image", "lastFrame"] {
+        if get(instance, frame).is_some() {
+            return Err(ApiError::invalid(format!(
+                "`referenceImages` can't be used together with `{frame}`."
+            )));
+        }
+    }
+    if get_int(params, "durationSeconds").is_some_and(|d| d != 8) {
+        return Err(ApiError::invalid(
+            "`referenceImages` is only supported for 8 second videos.",
+        ));
+    }
+    for (i, reference) in references.iter().enumerate() {
+        let path = format!("instances[0].reference_images[{i}]");
+        match get_str(reference, "referenceType") {
+            Some("ASSET") => {}
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "{path}.reference_type: only ASSET reference images are supported, got {}.",
+                    other.unwrap_or("none")
+                )));
+            }
+        }
+        let Some(image) = get(reference, "image") else {
+            return Err(ApiError::invalid(format!("{path}.image is required.")));
+        };
+        check_veo_image(api, image, &format!("{path}.image"))?;
     }
     Ok(())
 }
@@ -115,13 +180,15 @@ fn video_bytes(duration: i64, name: &str, sample: usize) -> Vec<u8> {
     bytes
 }
 
+/// Creates the operation (a paid job) and answers its name.
 pub(super) fn submit(
     shared: &Shared,
     api: Api,
-    model: &str,
+    model: &Model,
     body: &Value,
     prompt: &str,
 ) -> Response {
+    let model = model.id;
     let serial = server::next_serial(shared);
     let name = match api {
         Api::Gemini => format!("models/{model}/operations/fakeop{serial:06}"),
@@ -151,7 +218,11 @@ pub(super) fn submit(
             }
             (Api::Gemini, _, _) => {
                 inner.files.insert(id.clone(), (bytes, prompt.to_owned()));
-                let uri = format!("{}/v1beta/files/{id}:download?alt=media", shared.base_url);
+                let base = match inner.downloads_elsewhere {
+                    true => &shared.other_base_url,
+                    false => &shared.base_url,
+                };
+                let uri = format!("{base}/v1beta/files/{id}:download?alt=media");
                 json!({"video": {"uri": uri}})
             }
             (Api::Vertex, Some(uri), _) => {
@@ -201,6 +272,7 @@ pub(super) fn submit(
     inner.operations.insert(
         name.clone(),
         Operation {
+            serial,
             prompt: prompt.to_owned(),
             polls_left,
             result,

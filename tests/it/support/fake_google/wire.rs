@@ -82,7 +82,11 @@ pub enum Field {
     Bool,
     Any,
     List(&'static Field),
+    /// An object with names of the caller's choosing (a schema's `properties`).
+    Map(&'static Field),
     Obj(&'static [(&'static str, Field)]),
+    /// Another shape by reference, for recursive ones (a schema's `items`).
+    Ref(&'static Field),
 }
 
 const BLOB: Field = Field::Obj(&[("mimeType", Field::Str), ("data", Field::Str)]);
@@ -107,6 +111,34 @@ const GENERATION_CONFIG: Field = Field::Obj(&[
     ("seed", Field::Int),
     ("stopSequences", Field::List(&Field::Str)),
     ("responseMimeType", Field::Str),
+    ("responseSchema", Field::Ref(&SCHEMA)),
+    ("responseJsonSchema", Field::Any),
+    ("thinkingConfig", Field::Any),
+]);
+/// Gemini's `Schema` (an OpenAPI subset), for `responseSchema`.
+static SCHEMA: Field = Field::Obj(&[
+    ("type", Field::Str),
+    ("format", Field::Str),
+    ("title", Field::Str),
+    ("description", Field::Str),
+    ("nullable", Field::Bool),
+    ("enum", Field::List(&Field::Str)),
+    ("properties", Field::Map(&SCHEMA)),
+    ("propertyOrdering", Field::List(&Field::Str)),
+    ("required", Field::List(&Field::Str)),
+    ("items", Field::Ref(&SCHEMA)),
+    ("anyOf", Field::List(&SCHEMA)),
+    ("minItems", Field::Int),
+    ("maxItems", Field::Int),
+    ("minProperties", Field::Int),
+    ("maxProperties", Field::Int),
+    ("minLength", Field::Int),
+    ("maxLength", Field::Int),
+    ("pattern", Field::Str),
+    ("minimum", Field::Num),
+    ("maximum", Field::Num),
+    ("example", Field::Any),
+    ("default", Field::Any),
 ]);
 pub const GENERATE_CONTENT: Field = Field::Obj(&[
     ("contents", Field::List(&CONTENT)),
@@ -129,7 +161,13 @@ const VEO_INSTANCE: Field = Field::Obj(&[
     ("image", VEO_IMAGE),
     ("lastFrame", VEO_IMAGE),
     ("video", Field::Any),
-    ("referenceImages", Field::Any),
+    (
+        "referenceImages",
+        Field::List(&Field::Obj(&[
+            ("image", VEO_IMAGE),
+            ("referenceType", Field::Str),
+        ])),
+    ),
     ("mask", Field::Any),
 ]);
 const VEO_PARAMETERS: Field = Field::Obj(&[
@@ -206,6 +244,13 @@ pub fn check(
             Ok(())
         }
         Field::Num => Err(wrong("TYPE_FLOAT")),
+        Field::Ref(shape) => check(value, shape, path, snake),
+        Field::Map(item) => {
+            for (key, v) in object(value, path)? {
+                check(v, item, &format!("{path}[{key}]"), snake)?;
+            }
+            Ok(())
+        }
         Field::List(item) => {
             let items = value.as_array().ok_or_else(|| {
                 ApiError::field(
@@ -219,13 +264,7 @@ pub fn check(
             Ok(())
         }
         Field::Obj(fields) => {
-            let map = value.as_object().ok_or_else(|| {
-                ApiError::field(
-                    path,
-                    format!("Invalid value at '{path}', {value}: expected an object"),
-                )
-            })?;
-            for (key, v) in map {
+            for (key, v) in object(value, path)? {
                 let known = fields
                     .iter()
                     .find(|(camel, _)| camel == key || snake_case(camel) == *key);
@@ -252,6 +291,18 @@ pub fn check(
             Ok(())
         }
     }
+}
+
+fn object<'a>(
+    value: &'a Value,
+    path: &str,
+) -> Result<&'a serde_json::Map<String, Value>, ApiError> {
+    value.as_object().ok_or_else(|| {
+        ApiError::field(
+            path,
+            format!("Invalid value at '{path}', {value}: expected an object"),
+        )
+    })
 }
 
 /// Decodes an inline image and checks it is what its MIME type says, as Google does before the
