@@ -515,19 +515,18 @@ impl Runner {
                 ..plan.recipe.clone()
             }
             .canonical_json();
-            let mut next = self
+            let first_free = self
                 .store
                 .latest_take(&base_key)?
                 .map_or(plan.take, |h| h.take.max(plan.take))
                 + 1;
-            for (blob, size) in &p.more {
+            for (take, (blob, size)) in (first_free..).zip(&p.more) {
                 made.push(action(
-                    Recipe::key_at_take(&base_json, next),
-                    next,
+                    Recipe::key_at_take(&base_json, take),
+                    take,
                     blob.clone(),
                     *size,
                 ));
-                next += 1;
             }
         }
         let recipe_json = |take: u32| {

@@ -70,7 +70,15 @@ pub enum Command {
     /// What a build would generate, why, and what it would cost. No API call.
     Plan { targets: Vec<String> },
     /// Why a node would be generated (or that it is cached), field by field.
-    Explain { node: String },
+    Explain {
+        node: String,
+        /// Also print the node's recipe now and at its last build (what its key is made of).
+        #[arg(long)]
+        recipe: bool,
+    },
+    /// Check, for free, everything a build will need: credentials, project and location, each
+    /// model (asked of Google with models.get), ffmpeg. Exit 0 when all is well, else 2.
+    Doctor,
     /// The takes of a node, with when and where they are.
     Takes { node: String },
     /// Remove build/ (the cache stays, so the next build costs nothing).
@@ -155,7 +163,8 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             run_build(cli, &root, load, &opts, progress)
         }
         Command::Plan { targets } => plan(cli, load()?, targets, progress),
-        Command::Explain { node } => explain(cli, load()?, node, progress),
+        Command::Explain { node, recipe } => explain(cli, load()?, node, *recipe, progress),
+        Command::Doctor => doctor(cli, &load()?, progress),
         Command::Takes { node } => takes(cli, load()?, node, progress),
         Command::Clean { cache, yes } => {
             housekeeping::clean(&root, *cache, *yes, &progress)?;
@@ -335,7 +344,9 @@ fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> 
         .collect();
     for n in &report.nodes {
         if n.status == Status::Dirty {
-            let cost = if n.cost_usd > 0.0 {
+            let cost = if n.cost_unknown {
+                "  $? (no known price)".to_string()
+            } else if n.cost_usd > 0.0 {
                 format!("  ${:.2}", n.cost_usd)
             } else {
                 String::new()
@@ -350,8 +361,16 @@ fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> 
         }
     }
     let secs = report.estimated_seconds.unwrap_or(0.0);
+    let unknown = if report.cost_unknown > 0 {
+        format!(
+            " plus {} node(s) of unknown price (set their price under `prices:`)",
+            report.cost_unknown
+        )
+    } else {
+        String::new()
+    };
     progress.println(&format!(
-        "ttv: {} to generate, {} cached; estimated ${:.2} and about {}",
+        "ttv: {} to generate, {} cached; estimated ${:.2}{unknown} and about {}",
         dirty.len(),
         report.cached,
         report.cost_usd,
@@ -368,7 +387,38 @@ fn human_duration(secs: f64) -> String {
     }
 }
 
-fn explain(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<i32> {
+fn doctor(cli: &Cli, project: &Project, progress: Progress) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(crate::doctor::run(project));
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    for c in &report.checks {
+        progress.println(&format!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        ));
+    }
+    progress.println(if report.ok {
+        "ttv: doctor: everything a build needs is in place"
+    } else {
+        "ttv: doctor: fix the FAIL lines above before building (no money was spent)"
+    });
+    Ok(if report.ok { EXIT_OK } else { EXIT_USAGE })
+}
+
+fn explain(
+    cli: &Cli,
+    project: Project,
+    node: &str,
+    show_recipe: bool,
+    progress: Progress,
+) -> Result<i32> {
     let session = Session::open(project, &[node.to_string()], &[], progress.clone())?;
     let report = session.plan()?;
     let Some(n) = report.nodes.iter().find(|n| n.id == node) else {
@@ -377,11 +427,23 @@ fn explain(cli: &Cli, project: Project, node: &str, progress: Progress) -> Resul
         ))
         .into());
     };
+    // The recipe now (known when its inputs are) and at the node's last build.
+    let recipes = show_recipe.then(|| session.recipes_of(node)).transpose()?;
     if cli.json {
-        println!(
-            "{}",
-            json!({"id": n.id, "status": n.status, "key": n.key, "take": n.take, "reasons": n.reasons})
-        );
+        let mut out = json!({"id": n.id, "status": n.status, "key": n.key, "take": n.take, "reasons": n.reasons});
+        if let Some((now, before)) = &recipes {
+            out["recipe"] = json!({"now": now, "last_build": before});
+        }
+        println!("{out}");
+    }
+    if let Some((now, before)) = &recipes {
+        let show = |r: &Option<serde_json::Value>| {
+            r.as_ref().map_or("(not known)".to_string(), |v| {
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            })
+        };
+        progress.println(&format!("recipe now:\n{}", show(now)));
+        progress.println(&format!("recipe at the last build:\n{}", show(before)));
     }
     if n.status == Status::Cached {
         progress.println(&format!(
@@ -441,6 +503,8 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
                 "cost_usd": a.cost_usd,
                 "current": Some(&a.key) == current.as_ref(),
                 "file": file_of(a),
+                "provenance": a.provenance.as_deref()
+                    .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
             })
         })
         .collect();
@@ -464,6 +528,24 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
             a.cost_usd,
             file_of(a)
         ));
+        if let Some(p) = a
+            .provenance
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        {
+            let text = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let mut line = format!("           model {}", a.model);
+            if let Some(v) = text("model_version") {
+                line += &format!(" (Google ran {v})");
+            }
+            if let Some(id) = text("response_id") {
+                line += &format!(", id {id}");
+            }
+            if let Some(params) = p.get("params").filter(|v| !v.is_null()) {
+                line += &format!(", sent {params}");
+            }
+            progress.println(&line);
+        }
     }
     Ok(EXIT_OK)
 }

@@ -18,20 +18,25 @@ name: my-film
 
 keyframes:
   backend: preview              # preview (offline, free) | gemini
-  model: gemini-2.5-flash-image
+  model: gemini-3.1-flash-image # Nano Banana 2 (`ttv doctor` checks it with Google)
   aspect_ratio: "16:9"
+  # image_size: 2K              # 1K | 2K | 4K (priced per size)
   references: references
   chain: true
   jobs: 4
 
 video:
   backend: preview              # preview (offline, free) | veo
-  api: vertex                   # vertex | gemini
-  model: veo-3.0-generate-001
-  duration_seconds: 4
-  resolution: 720p
+  api: vertex                   # vertex (project + OAuth)
+  model: veo-3.1-generate-001
+  mode: first-last              # Veo 3.1 moves from each shot's start frame to its end frame
+  duration_seconds: 8
+  resolution: 720p              # 720p | 1080p | 4k (1080p and 4k need 8 s)
   aspect_ratio: "16:9"
   generate_audio: true
+  sample_count: 1               # videos per request (each a take; N times the price)
+  fallback:                     # tried when the model fails for good
+    - {backend: veo, model: veo-3.1-fast-generate-001}
   jobs: 2
 
 final:

@@ -7,6 +7,7 @@
 pub mod backends;
 pub mod build;
 pub mod cli;
+pub mod doctor;
 pub mod error;
 pub mod filehash;
 pub mod graph;

@@ -729,6 +729,40 @@ impl Session {
         r
     }
 
+    /// The recipe of node `id` as it is now (when the outputs it is made from are known) and
+    /// at its last build, as JSON.
+    pub fn recipes_of(
+        &self,
+        id: &str,
+    ) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {
+        let Some(i) = self.graph.index_of(id) else {
+            return Ok((None, None));
+        };
+        let mut blobs = HashMap::new();
+        let mut known = true;
+        for &d in &self.graph.nodes[i].deps {
+            let plans = self.cached_plans.lock().unwrap_or_else(|e| e.into_inner());
+            match plans.get(&d).and_then(|p| p.hit.as_ref()) {
+                Some(hit) => {
+                    blobs.insert(d, hit.blob.clone());
+                }
+                None => known = false,
+            }
+        }
+        let now = if known {
+            Some(serde_json::to_value(&self.plan_node(i, &blobs)?.recipe)?)
+        } else {
+            None
+        };
+        let before = match (self.last_keys.get(id), &self.store) {
+            (Some(key), Some(store)) => store
+                .recipe_json(key)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
+            _ => None,
+        };
+        Ok((now, before))
+    }
+
     /// The plan of every needed node: cached ones with their keys, dirty ones with reasons
     /// (a node downstream of a dirty one is dirty, and its key is not known yet).
     pub fn plan(&self) -> Result<Report> {

@@ -189,10 +189,23 @@ pub fn explain(before: &Recipe, now: &Recipe, upstream: &Upstream) -> Vec<String
         }
         return out;
     }
+    // In the order the recipe declares its fields (its canonical JSON's order), with the take
+    // last, after what it is a take of.
+    let (b_json, n_json) = (before.canonical_json(), now.canonical_json());
+    let position = |k: &str| {
+        let quoted = format!("\"{k}\":");
+        [&n_json, &b_json]
+            .iter()
+            .find_map(|j| {
+                j.match_indices(&quoted)
+                    .find(|(i, _)| *i > 0 && matches!(j.as_bytes()[i - 1], b'{' | b','))
+                    .map(|(i, _)| i)
+            })
+            .unwrap_or(usize::MAX)
+    };
     let mut names: Vec<&String> = n.keys().collect();
     names.extend(b.keys().filter(|k| !n.contains_key(*k)));
-    // The take is reported last, after what it is a take of.
-    names.sort_by_key(|k| *k == "take");
+    names.sort_by_key(|k| (*k == "take", position(k)));
     let null = Value::Null;
     let mut out = Vec::new();
     for name in names {
@@ -391,5 +404,92 @@ mod tests {
             ]
         );
         assert!(explain(&a, &a, &up).is_empty());
+    }
+
+    /// One recipe of each kind with every field set.
+    fn every_kind() -> Vec<Recipe> {
+        let segment = SegmentRecipe {
+            backend: "veo".into(),
+            model: "veo-3.1-generate-001".into(),
+            duration_seconds: 8,
+            resolution: "720p".into(),
+            aspect_ratio: "16:9".into(),
+            generate_audio: true,
+            negative_prompt: "blur".into(),
+            seed: Some(7),
+            prompt: "dolly in".into(),
+            frames: "start+end".into(),
+            first: Some("f".into()),
+            last: Some("l".into()),
+            person_generation: Some("allow_adult".into()),
+            sample_count: 2,
+            references: vec![("hero".into(), "aa".into())],
+        };
+        let mut frame = frame("a");
+        if let Body::Frame(f) = &mut frame.body {
+            f.image_size = Some("2K".into());
+        }
+        vec![
+            frame,
+            Recipe::new(Body::Image(ImageRecipe { source: "s".into() }), 1),
+            Recipe::new(Body::Segment(segment), 1),
+            Recipe::new(
+                Body::Final(FinalRecipe {
+                    segments: vec!["a".into(), "b".into()],
+                    stitch: "concat-1".into(),
+                }),
+                1,
+            ),
+        ]
+    }
+
+    /// `v` changed, keeping its JSON type (null becomes a string: an option that gets set).
+    fn changed(v: &Value) -> Value {
+        match v {
+            Value::Null => Value::String("set".into()),
+            Value::Bool(b) => Value::Bool(!b),
+            Value::Number(n) => serde_json::json!(n.as_u64().unwrap_or(0) + 1),
+            Value::String(s) => Value::String(format!("{s}-edited")),
+            Value::Array(a) if a.is_empty() => serde_json::json!([["x", "y"]]),
+            Value::Array(a) => {
+                let mut a = a.clone();
+                match &mut a[0] {
+                    // A (name, hash) pair: the same name with other bytes.
+                    Value::Array(pair) => pair[1] = changed(&pair[1]),
+                    first => *first = changed(first),
+                }
+                Value::Array(a)
+            }
+            Value::Object(_) => v.clone(),
+        }
+    }
+
+    #[test]
+    fn every_field_of_every_recipe_is_explained_by_name() {
+        let up = Upstream::default();
+        for before in every_kind() {
+            let fields = super::fields(&before);
+            for (name, value) in &fields {
+                if name == "kind" {
+                    continue;
+                }
+                let mut edited = fields.clone();
+                edited.insert(name.clone(), changed(value));
+                let Ok(now) = serde_json::from_value::<Recipe>(Value::Object(edited)) else {
+                    panic!("{name}: the edited recipe does not read back");
+                };
+                assert_ne!(now.key(), before.key(), "{name} is not in the key");
+                let reasons = explain(&before, &now, &up);
+                assert_eq!(reasons.len(), 1, "{name}: {reasons:?}");
+                let words = label(name);
+                let named = reasons[0].contains(&words)
+                    || (name == "references" && reasons[0].starts_with("reference "))
+                    || (name == "source" && reasons[0] == "start image file changed")
+                    || (name == "segments" && reasons[0].starts_with("segment 1 changed"))
+                    || (name == "recipe" && reasons[0].starts_with("recipe format changed"));
+                assert!(named, "{name} explained as {reasons:?}");
+                assert_ne!(reasons[0], "changed", "{name}");
+            }
+        }
     }
 }

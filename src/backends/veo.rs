@@ -1422,12 +1422,12 @@ mod tests {
         let uri = format!("{base}/v1beta/files/abc:download?alt=media");
         veo.fetch_file(&uri, &path, &ctx).await.ok().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), MP4);
-        let first = &log.lock().unwrap()[0];
+        let first = log.lock().unwrap()[0].clone();
         assert_eq!(
             first.header("x-goog-api-key").as_deref(),
             Some("veo-key-123")
         );
-        let signed = &elsewhere_log.lock().unwrap()[0];
+        let signed = elsewhere_log.lock().unwrap()[0].clone();
         assert_eq!(
             signed.header("x-goog-api-key"),
             None,

@@ -30,21 +30,22 @@ const FRAMES: &[&str] = &[
 ];
 const SEGMENTS: &[&str] = &["segment/arrival", "segment/storm", "segment/dream"];
 
-/// gemini-2.5-flash-image, per image.
-const IMAGE_PRICE: f64 = 0.039;
-/// veo-3.0-generate-001 at $0.40 per second, for the fixture's 4 s segments.
-const SEGMENT_PRICE: f64 = 0.40 * 4.0;
+/// gemini-3.1-flash-image, per 1K image (the model registry's list price).
+const IMAGE_PRICE: f64 = 0.067;
+/// veo-3.1-generate-001 for the fixture's 4 s segments, at the silent rate ($0.20 per second:
+/// the fixture turns audio off).
+const SEGMENT_PRICE: f64 = 0.20 * 4.0;
 
 /// A copy of the fixture and a fake Google it is pointed at.
-struct Google {
-    fake: FakeGoogle,
-    p: Project,
+pub(crate) struct Google {
+    pub(crate) fake: FakeGoogle,
+    pub(crate) p: Project,
     env: Vec<(&'static str, String)>,
 }
 
 impl Google {
     /// Frames on the Gemini API (key), video on Vertex with a fixed bearer token.
-    fn new() -> Google {
+    pub(crate) fn new() -> Google {
         let fake = FakeGoogle::start();
         let mut env = fake.env();
         env.push(("GOOGLE_OAUTH_ACCESS_TOKEN", ACCESS_TOKEN.to_owned()));
@@ -55,34 +56,34 @@ impl Google {
         }
     }
 
-    fn without_env(&mut self, name: &str) {
+    pub(crate) fn without_env(&mut self, name: &str) {
         self.env.retain(|(k, _)| *k != name);
     }
 
-    fn set_env(&mut self, name: &'static str, value: String) {
+    pub(crate) fn set_env(&mut self, name: &'static str, value: String) {
         self.without_env(name);
         self.env.push((name, value));
     }
 
-    fn ttv(&self, args: &[&str]) -> Output {
+    pub(crate) fn ttv(&self, args: &[&str]) -> Output {
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.p.ttv_env(args, &env)
     }
 
     /// `ttv --json build ARGS...`, whatever its exit code.
-    fn build(&self, args: &[&str]) -> Output {
+    pub(crate) fn build(&self, args: &[&str]) -> Output {
         let mut full = vec!["--json", "build"];
         full.extend_from_slice(args);
         self.ttv(&full)
     }
 
     /// A build that must succeed; its report.
-    fn build_ok(&self) -> Value {
+    pub(crate) fn build_ok(&self) -> Value {
         self.build(&[]).success().json()
     }
 
     /// Sets `key: value` in the top-level `section:` of ttv.yaml (the key must be there).
-    fn set(&self, section: &str, key: &str, value: &str) {
+    pub(crate) fn set(&self, section: &str, key: &str, value: &str) {
         self.p.edit_yaml(|text| {
             let start = text
                 .find(&format!("\n{section}:\n"))
@@ -105,7 +106,7 @@ impl Google {
     }
 
     /// The requests to `route` whose prompt contains `text`.
-    fn sent(&self, route: Route, text: &str) -> Vec<Recorded> {
+    pub(crate) fn sent(&self, route: Route, text: &str) -> Vec<Recorded> {
         self.fake
             .requests_to(route)
             .into_iter()
@@ -407,10 +408,23 @@ fn transient_faults_are_retried_until_the_build_succeeds() {
         took >= Duration::from_secs(5),
         "RetryInfo's 3 s and the 2 s timeout were waited for: {took:?}"
     );
+    // Answers that prove nothing was made (429, 5xx, a poll) cost nothing; the request that
+    // hung after it was sent may have made (and billed) an image: it is counted.
     assert_money(
         &report["cost_usd"],
-        3.0 * IMAGE_PRICE + 3.0 * SEGMENT_PRICE,
-        "retries are not charged",
+        4.0 * IMAGE_PRICE + 3.0 * SEGMENT_PRICE,
+        "only the unanswered attempt is counted",
+    );
+    let arrival_end = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "frame/arrival/end")
+        .unwrap();
+    assert_money(
+        &arrival_end["cost_usd"],
+        2.0 * IMAGE_PRICE,
+        "frame/arrival/end",
     );
 }
 
@@ -826,17 +840,17 @@ fn plan_rejects_what_veo_cannot_do_before_any_request() {
     let cases: &[(Change, &str, Option<&str>)] = &[
         (
             |g| g.set("video", "duration_seconds", "5"),
-            "veo (veo-3.0-generate-001) cannot make 5 s segments",
+            "veo (veo-3.1-generate-001) cannot make 5 s segments",
             Some("duration_seconds: 5"),
         ),
         (
             |g| g.set("video", "resolution", "4k"),
-            "veo (veo-3.0-generate-001) cannot make 4k video",
-            Some("resolution: 4k"),
+            "veo (veo-3.1-generate-001) makes 4k video only in 8 s segments, not 4 s",
+            Some("duration_seconds: 4"),
         ),
         (
             |g| g.set("video", "aspect_ratio", "\"4:3\""),
-            "veo (veo-3.0-generate-001) cannot make 4:3 video",
+            "veo (veo-3.1-generate-001) cannot make 4:3 video",
             Some("aspect_ratio: \"4:3\""),
         ),
         (
@@ -857,7 +871,7 @@ fn plan_rejects_what_veo_cannot_do_before_any_request() {
         ),
         (
             |g| g.p.replace_in_yaml("api: vertex", "api: gemini\n  seed: 7"),
-            "veo (veo-3.0-generate-001) does not accept a seed",
+            "veo (veo-3.1-generate-001) does not accept a seed on this route",
             Some("seed: 7"),
         ),
     ];

@@ -5,4 +5,5 @@ mod bad_input;
 mod engine;
 mod fake_selftest;
 mod google;
+mod google_2026;
 mod support;
