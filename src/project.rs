@@ -1389,6 +1389,50 @@ shots:
     }
 
     #[test]
+    fn reference_lists_seeds_and_modes_are_checked_with_their_lines() {
+        let yaml = "version: 1
+video:
+  seed: 4294967296
+  references: [hero]
+shots:
+  - id: a
+    start: s
+    end: e
+    motion: m
+    references: [heroo]
+  - id: b
+    end: e
+    motion: m
+    mode: references
+    references: []
+";
+        let dir = folder(yaml);
+        std::fs::write(dir.path().join("references/hero.png"), b"png").unwrap();
+        let errors = errors_of(&dir);
+        let got: Vec<(Option<usize>, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(3), "`video.seed` is 4294967296, more than Veo takes"),
+                (
+                    Some(10),
+                    "`shots.0.references` names `heroo`, which is not in the references folder"
+                ),
+                (
+                    Some(11),
+                    "shot `b` is in `mode: references` but names no reference image"
+                ),
+            ],
+            "{}",
+            ProjectErrors(errors.clone())
+        );
+        assert_eq!(help(&errors[1]), "did you mean `hero`?");
+    }
+
+    #[test]
     fn final_output_must_be_an_mp4_file_name() {
         let e = only_error(&format!("version: 1\nfinal:\n  output: film.mov\n{SHOTS}"));
         assert_eq!(e.line, Some(3));

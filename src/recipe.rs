@@ -206,10 +206,14 @@ pub fn explain(before: &Recipe, now: &Recipe, upstream: &Upstream) -> Vec<String
     let mut names: Vec<&String> = n.keys().collect();
     names.extend(b.keys().filter(|k| !n.contains_key(*k)));
     names.sort_by_key(|k| (*k == "take", position(k)));
-    let null = Value::Null;
     let mut out = Vec::new();
     for name in names {
-        let (bv, nv) = (b.get(name).unwrap_or(&null), n.get(name).unwrap_or(&null));
+        // A field left out of a recipe is at its default.
+        let (bv, nv) = (
+            b.get(name).cloned().unwrap_or_else(|| default_of(name)),
+            n.get(name).cloned().unwrap_or_else(|| default_of(name)),
+        );
+        let (bv, nv) = (&bv, &nv);
         if bv == nv {
             continue;
         }
@@ -255,6 +259,15 @@ fn fields(r: &Recipe) -> serde_json::Map<String, Value> {
     match serde_json::to_value(r) {
         Ok(Value::Object(m)) => m,
         _ => serde_json::Map::new(),
+    }
+}
+
+/// The value of a field that is left out of a recipe's JSON while at its default.
+fn default_of(field: &str) -> Value {
+    match field {
+        "sample_count" => Value::from(one()),
+        "references" => Value::Array(Vec::new()),
+        _ => Value::Null,
     }
 }
 

@@ -248,5 +248,14 @@ mod tests {
             t("global").default_base_url(),
             "https://aiplatform.googleapis.com"
         );
+        // The multi-regions, as the SDK addresses them.
+        assert_eq!(
+            t("us").default_base_url(),
+            "https://aiplatform.us.rep.googleapis.com"
+        );
+        assert_eq!(
+            t("eu").default_base_url(),
+            "https://aiplatform.eu.rep.googleapis.com"
+        );
     }
 }

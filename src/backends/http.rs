@@ -336,25 +336,7 @@ impl Http {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        self.retry_as(Resend::Always, what, secrets, status, attempt)
-            .await
-    }
-
-    /// Like [`Http::retry`], for a request that starts paid work which must never run twice (a
-    /// Veo submission): an attempt whose outcome is unknown is not sent again, and the error
-    /// says so ([`CallError::uncertain`]).
-    pub async fn retry_unless_uncertain<T, F, Fut>(
-        &self,
-        what: &str,
-        secrets: &[&Secret],
-        status: &(dyn Fn(String) + Send + Sync),
-        attempt: F,
-    ) -> Result<T, CallError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        self.retry_as(Resend::OnlyIfCertain, what, secrets, status, attempt)
+        self.retry_with(Resend::Always, what, secrets, status, attempt)
             .await
     }
 
@@ -371,7 +353,7 @@ impl Http {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        self.retry_as(Resend::Always, what, secrets, status, || {
+        self.retry_with(Resend::Always, what, secrets, status, || {
             let fut = attempt();
             async move {
                 let result = fut.await;
@@ -384,7 +366,10 @@ impl Http {
         .await
     }
 
-    async fn retry_as<T, F, Fut>(
+    /// [`Http::retry`] with a choice of what may be sent again: a request that starts paid work
+    /// which must never run twice (a Veo submission) uses [`Resend::OnlyIfCertain`], and its
+    /// error then says whether the outcome is unknown ([`CallError::uncertain`]).
+    pub async fn retry_with<T, F, Fut>(
         &self,
         resend: Resend,
         what: &str,
@@ -442,7 +427,7 @@ impl Http {
 
 /// Whether an attempt with an unknown outcome may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resend {
+pub enum Resend {
     Always,
     OnlyIfCertain,
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
-use super::http::{CallError, Downloaded, Failure, Http, download, key_header, send_json};
+use super::http::{CallError, Downloaded, Failure, Http, Resend, download, key_header, send_json};
 use super::{
     GenContext, GenError, ImageInput, Pending, Provenance, VideoCaps, VideoGenerator, VideoOutput,
     VideoRequest,
@@ -298,46 +298,34 @@ impl Veo {
             ))
         })?;
         let what = format!("{label} predictLongRunning");
-        let (body, url) = (&body, &url);
-        let answer = self
-            .http
-            .retry_unless_uncertain(&what, &self.secrets(), &*ctx.status, || async move {
-                let builder = self
-                    .authorized(self.http.client().post(url))
-                    .await?
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
-                send_json(&self.http, builder).await
-            })
-            .await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) if e.uncertain() => {
-                let detail = e.to_string();
-                if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
-                    eprintln!("warning: cannot record the uncertain submission: {err:#}");
-                }
-                return Err(uncertain_error(&ctx.node_id, &detail));
+        // What the service may have started without ttv knowing: recorded, never resent.
+        let unknown = |detail: String| {
+            if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
+                eprintln!("warning: cannot record the uncertain submission: {err:#}");
             }
+            uncertain_error(&ctx.node_id, &detail)
+        };
+        let answer = match self
+            .post_json(Resend::OnlyIfCertain, &what, &url, body, ctx)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) if e.uncertain() => return Err(unknown(e.to_string())),
             Err(e) => {
                 forget(ctx, "the submission");
                 return Err(e.into_gen_error());
             }
         };
-        let name = answer
+        let Some(name) = answer
             .get("name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .map(str::to_string);
-        let Some(name) = name else {
-            let detail = format!(
+            .map(str::to_string)
+        else {
+            return Err(unknown(format!(
                 "{label} accepted the job but named no operation: {}",
                 excerpt(&answer)
-            );
-            if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
-                eprintln!("warning: cannot record the uncertain submission: {err:#}");
-            }
-            return Err(uncertain_error(&ctx.node_id, &detail));
+            )));
         };
         if let Err(e) = ctx.operations.record(&ctx.key, &label, &name) {
             eprintln!(
@@ -351,6 +339,7 @@ impl Veo {
     /// POSTs a JSON body with the route's credentials, retrying what is worth retrying.
     async fn post_json(
         &self,
+        resend: Resend,
         what: &str,
         url: &str,
         body: Vec<u8>,
@@ -358,7 +347,7 @@ impl Veo {
     ) -> Result<Value, CallError> {
         let body = &body;
         self.http
-            .retry(what, &self.secrets(), &*ctx.status, || async move {
+            .retry_with(resend, what, &self.secrets(), &*ctx.status, || async move {
                 let builder = self
                     .authorized(self.http.client().post(url))
                     .await?
@@ -389,7 +378,7 @@ impl Veo {
                 };
                 let url = format!("{base_url}/{VERTEX_VERSION}/{prefix}:fetchPredictOperation");
                 let body = json!({"operationName": name}).to_string().into_bytes();
-                self.post_json(&what, &url, body, ctx).await
+                self.post_json(Resend::Always, &what, &url, body, ctx).await
             }
             Route::Gemini { base_url, .. } => {
                 let url = format!("{base_url}/v1beta/{name}");
@@ -1149,7 +1138,7 @@ mod tests {
     #[tokio::test]
     async fn an_operation_unknown_to_the_service_is_submitted_again() {
         let ops = Arc::new(Ops::default());
-        let old = "models/veo-3.1-generate-preview/operations/old";
+        let old = "models/veo-3.1-generate-001/operations/old";
         ops.record("k", "veo (gemini-api)", old).unwrap();
         let seen_ops = ops.clone();
         let recorded_before_poll = Arc::new(Mutex::new(None));
@@ -1158,14 +1147,14 @@ mod tests {
         let base_for_server = base_cell.clone();
         let (base, log) = serve(move |req, _| {
             let base = base_for_server.lock().unwrap().clone();
-            let new = "models/veo-3.1-generate-preview/operations/new";
+            let new = "models/veo-3.1-generate-001/operations/new";
             match (req.method.as_str(), req.target.as_str()) {
                 ("GET", t) if t.ends_with("/operations/old") => Reply::json(
                     404,
                     json!({"error":
                     {"code": 404, "status": "NOT_FOUND", "message": "Operation not found"}}),
                 ),
-                ("POST", "/v1beta/models/veo-3.1-generate-preview:predictLongRunning") => {
+                ("POST", "/v1beta/models/veo-3.1-generate-001:predictLongRunning") => {
                     Reply::json(200, json!({"name": new}))
                 }
                 ("GET", t) if t.ends_with("/operations/new") => {
@@ -1202,7 +1191,7 @@ mod tests {
         // The engine clears the record once the video is stored, not the backend.
         assert_eq!(
             ops.name("k").as_deref(),
-            Some("models/veo-3.1-generate-preview/operations/new")
+            Some("models/veo-3.1-generate-001/operations/new")
         );
         let log = log.lock().unwrap();
         let targets: Vec<_> = log.iter().map(|s| s.target.as_str()).collect();
@@ -1224,14 +1213,12 @@ mod tests {
     #[tokio::test]
     async fn vertex_polls_by_operation_name_and_downloads_from_storage() {
         let name = "projects/proj/locations/us-central1/publishers/google/models/\
-                    veo-3.1-generate-preview/operations/123";
+                    veo-3.1-generate-001/operations/123";
         let (base, log) = serve(move |req, _| match req.target.as_str() {
-            "/v1/projects/proj/locations/us-central1/publishers/google/models/\
-             veo-3.1-generate-preview:predictLongRunning" => {
-                Reply::json(200, json!({"name": name}))
-            }
-            "/v1/projects/proj/locations/us-central1/publishers/google/models/\
-             veo-3.1-generate-preview:fetchPredictOperation" => Reply::json(
+            "/v1beta1/projects/proj/locations/us-central1/publishers/google/models/\
+             veo-3.1-generate-001:predictLongRunning" => Reply::json(200, json!({"name": name})),
+            "/v1beta1/projects/proj/locations/us-central1/publishers/google/models/\
+             veo-3.1-generate-001:fetchPredictOperation" => Reply::json(
                 200,
                 json!({
                 "name": name, "done": true, "response": {"videos": [{"gcsUri":

@@ -407,6 +407,93 @@ fn explain_names_what_changed_and_says_cached_otherwise() {
 }
 
 #[test]
+fn each_recipe_setting_makes_exactly_its_nodes_dirty_and_is_explained_by_name() {
+    let p = basic();
+    p.build_json(&[]);
+    let segments_and_final = || {
+        let mut all: BTreeSet<String> = ["arrival", "storm", "lamp", "dawn", "dream"]
+            .iter()
+            .map(|s| format!("segment/{s}"))
+            .collect();
+        all.insert("final".into());
+        all
+    };
+    // (the edit, the nodes it must make dirty, a node, the reason it must give)
+    type Edit = (&'static str, &'static str);
+    let cases: Vec<(Edit, BTreeSet<String>, &str, &str)> = vec![
+        (
+            (
+                "  duration_seconds: 1\n",
+                "  duration_seconds: 1\n  sample_count: 2\n",
+            ),
+            segments_and_final(),
+            "segment/lamp",
+            "sample_count changed (1 -> 2)",
+        ),
+        (
+            (
+                "  duration_seconds: 1\n",
+                "  duration_seconds: 1\n  negative_prompt: blur\n",
+            ),
+            segments_and_final(),
+            "segment/arrival",
+            "negative prompt changed",
+        ),
+        (
+            (
+                "  duration_seconds: 1\n",
+                "  duration_seconds: 1\n  person_generation: dont_allow\n",
+            ),
+            segments_and_final(),
+            "segment/dream",
+            "person_generation changed (none -> dont_allow)",
+        ),
+        (
+            (
+                "  duration_seconds: 1\n",
+                "  duration_seconds: 1\n  resolution: 1080p\n",
+            ),
+            segments_and_final(),
+            "segment/dawn",
+            "resolution changed (720p -> 1080p)",
+        ),
+        (
+            (
+                "motion: \"Camera cranes up the tower as rain starts\"",
+                "motion: \"Camera cranes up the tower as rain starts\"\n    seed: 3",
+            ),
+            set(&["segment/storm", "final"]),
+            "segment/storm",
+            "seed changed (none -> 3)",
+        ),
+        (
+            ("  chain: true\n", "  chain: true\n  image_size: 2K\n"),
+            // Every node a build makes: each is downstream of a frame.
+            p.ttv(&["--json", "plan"]).success().json()["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_str().unwrap().to_string())
+                .collect(),
+            "frame/arrival/start",
+            "image_size changed (none -> 2K)",
+        ),
+    ];
+    let original = p.read("ttv.yaml");
+    for ((from, to), dirty, id, reason) in cases {
+        p.write("ttv.yaml", original.replacen(from, to, 1));
+        let plan = p.ttv(&["--json", "plan"]).success().json();
+        assert_eq!(ids_with_status(&plan, "dirty"), dirty, "{to}: {plan:#}");
+        let explained = p.ttv(&["--json", "explain", id]).success().json();
+        let reasons = explained["reasons"].as_array().unwrap();
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{to}: {id} explained as {reasons:?}"
+        );
+    }
+}
+
+#[test]
 fn a_failing_node_fails_only_its_dependents_and_the_next_build_finishes_the_rest() {
     let p = basic();
     let out = p.ttv_env(&["--json", "build"], &[("TTV_PREVIEW_FAIL", STORM_END)]);

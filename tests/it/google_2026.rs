@@ -339,4 +339,13 @@ fn doctor_checks_everything_for_free() {
         .stderr_contains("FAIL veo-3.1-generate-001 on the Gemini API: known to the service, but it lists no predictLongRunning");
     assert_eq!(out.json()["ok"], false);
     assert_eq!(g.fake.paid_requests(), 0, "doctor pays for nothing");
+
+    // A model neither ttv's registry nor Google knows: Google's 404 is the answer.
+    let g = Google::new();
+    g.set("video", "model", "veo-3.2-generate-001");
+    g.ttv(&["doctor"])
+        .code(2)
+        .stderr_contains("ok   model veo-3.2-generate-001: not in ttv's model registry")
+        .stderr_contains("FAIL veo-3.2-generate-001 on Vertex AI (us-central1): not found");
+    assert_eq!(g.fake.paid_requests(), 0);
 }
