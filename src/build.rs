@@ -167,9 +167,11 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         .collect();
     let mut set: JoinSet<(usize, Outcome)> = JoinSet::new();
     let progress = s.progress.clone();
-    let mut interrupted = false;
+    let mut ctrl_c = 0u32;
+    // Running tasks -> their node, and a handle to stop them.
+    let mut running: HashMap<tokio::task::Id, (usize, tokio::task::AbortHandle)> = HashMap::new();
     loop {
-        if !interrupted {
+        if ctrl_c == 0 {
             for i in ready.drain(..) {
                 t.waiting.remove(&i);
                 let deps: HashMap<usize, String> = s.graph.nodes[i]
@@ -178,33 +180,60 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
                     .map(|d| (*d, t.blobs[d].clone()))
                     .collect();
                 let r = runner.clone();
-                set.spawn(async move { (i, r.run_node(i, deps).await) });
+                let handle = set.spawn(async move { (i, r.run_node(i, deps).await) });
+                running.insert(handle.id(), (i, handle));
             }
         }
         if set.is_empty() {
             break;
         }
         let joined = tokio::select! {
-            j = set.join_next() => j,
+            j = set.join_next_with_id() => j,
             _ = tokio::signal::ctrl_c() => {
-                if interrupted {
-                    progress.warn("interrupted again: aborting; in-flight video operations resume on the next build");
-                    set.abort_all();
-                    std::process::exit(130);
+                ctrl_c += 1;
+                match ctrl_c {
+                    1 => {
+                        runner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                        progress.warn(&format!(
+                            "interrupted: starting nothing new; waiting for {} running node(s), whose results are paid for (Ctrl-C again to stop waiting for video)",
+                            set.len()
+                        ));
+                    }
+                    2 => {
+                        // Video can be left: its operation is recorded and the next build polls
+                        // it again at no cost. An image request already sent is paid for and
+                        // answers within seconds: it is waited for.
+                        let (videos, images) = abort_resumable(&running, s);
+                        progress.warn(&format!(
+                            "interrupted again: stopped waiting for {videos} video(s), which the next build resumes without paying again; waiting for {images} image request(s) already sent (paid): Ctrl-C a third time to drop them"
+                        ));
+                    }
+                    _ => {
+                        progress.warn(&format!(
+                            "interrupted a third time: dropping {} request(s) in flight; an image dropped now may be paid for again",
+                            set.len()
+                        ));
+                        set.abort_all();
+                        break;
+                    }
                 }
-                interrupted = true;
-                runner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-                progress.warn(&format!(
-                    "interrupted: starting nothing new; waiting for {} running node(s), whose results are paid for (Ctrl-C again to abort)",
-                    set.len()
-                ));
                 continue;
             }
         };
         let Some(joined) = joined else { break };
-        let (i, outcome) = joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
+        let (id, (i, outcome)) = match joined {
+            Ok(done) => done,
+            // A task stopped by a second Ctrl-C: reported as not started (skipped).
+            Err(e) if e.is_cancelled() => {
+                running.remove(&e.id());
+                continue;
+            }
+            Err(e) => return Err(anyhow!("a build task panicked: {e}")),
+        };
+        running.remove(&id);
         ready.extend(t.finish(s, i, outcome));
     }
+    let interrupted = ctrl_c > 0;
     // Nodes never started (interrupted, or downstream of a failure) are reported as skipped.
     for &i in &s.needed {
         t.results.entry(i).or_insert_with(|| NodeReport {
@@ -227,6 +256,25 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
     report.interrupted = interrupted;
     runner.finish(&report, started_at)?;
     Ok(report)
+}
+
+/// Aborts the running tasks whose work resumes for free (video polling, the final stitch);
+/// returns how many were stopped and how many others still run.
+fn abort_resumable(
+    running: &HashMap<tokio::task::Id, (usize, tokio::task::AbortHandle)>,
+    s: &Session,
+) -> (usize, usize) {
+    let mut stopped = 0;
+    for (i, handle) in running.values() {
+        if matches!(
+            s.graph.nodes[*i].kind,
+            NodeKind::Segment { .. } | NodeKind::Final { .. }
+        ) {
+            handle.abort();
+            stopped += 1;
+        }
+    }
+    (stopped, running.len() - stopped)
 }
 
 /// The scheduler's bookkeeping: inputs still missing per node, outputs so far, the report.

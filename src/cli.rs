@@ -15,9 +15,9 @@ use crate::error::{
 use crate::graph::NodeKind;
 use crate::housekeeping;
 use crate::plan::{Report, Session, Status};
-use crate::progress::{Progress, Verbosity};
+use crate::progress::{Progress, Verbosity, emit, say};
 use crate::project::{self, Project};
-use crate::store::{BuildLock, Store};
+use crate::store::{BuildLock, Store, Wait};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,7 +119,7 @@ pub fn main() -> i32 {
     match run(&cli, Progress::new(verbosity)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ttv: error: {e:#}");
+            say(&format!("ttv: error: {e:#}"));
             exit_code_for(&e)
         }
     }
@@ -174,7 +174,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             let project = load()?;
             let targets = all_targets(&project);
             let session = Session::open(project, &targets, &[], progress.clone())?;
-            let _lock = BuildLock::acquire(&session.project.cache_dir(), false, || {})?;
+            let _lock = BuildLock::acquire(&session.project.cache_dir(), Wait::Never, || {})?;
             housekeeping::gc(&session, *yes, cli.json)?;
             Ok(EXIT_OK)
         }
@@ -183,7 +183,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 progress.info("no cache yet: nothing to verify");
                 return Ok(EXIT_OK);
             };
-            let _lock = BuildLock::acquire(&store.dir, false, || {})?;
+            let _lock = BuildLock::acquire(&store.dir, Wait::Never, || {})?;
             let bad = housekeeping::verify(&store, &progress, cli.json)?;
             Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
         }
@@ -216,10 +216,18 @@ fn run_build(
     let mut preview = session.plan()?;
     session.check_tools(&preview)?;
     let mut waited = false;
-    let _lock = BuildLock::acquire(&root.join(".ttv"), !opts.no_wait, || {
-        waited = true;
-        progress.info("another ttv build is running in this project; waiting for it to finish (Ctrl-C to stop, --no-wait to fail instead)")
-    })?;
+    let _lock = BuildLock::acquire(
+        &root.join(".ttv"),
+        if opts.no_wait {
+            Wait::NotAsked
+        } else {
+            Wait::Yes
+        },
+        || {
+            waited = true;
+            progress.info("another ttv build is running in this project; waiting for it to finish (Ctrl-C to stop, --no-wait to fail instead)")
+        },
+    )?;
     if waited || session.store.is_none() {
         if waited {
             // ttv.yaml, and what is cached, may have changed while this build waited.
@@ -276,7 +284,7 @@ fn run_build(
         }
     }
     if cli.json {
-        println!("{}", serde_json::to_string(&report)?);
+        emit(&serde_json::to_string(&report)?)?;
     }
     Ok(if report.interrupted {
         EXIT_INTERRUPTED
@@ -332,7 +340,7 @@ fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> 
     let report = session.plan()?;
     session.check_tools(&report)?;
     if cli.json {
-        println!("{}", serde_json::to_string(&report)?);
+        emit(&serde_json::to_string(&report)?)?;
     }
     if progress.verbosity() == Verbosity::Quiet {
         return Ok(EXIT_OK);
@@ -394,7 +402,7 @@ fn doctor(cli: &Cli, project: &Project, progress: Progress) -> Result<i32> {
         .context("starting the async runtime")?;
     let report = runtime.block_on(crate::doctor::run(project));
     if cli.json {
-        println!("{}", serde_json::to_string(&report)?);
+        emit(&serde_json::to_string(&report)?)?;
     }
     for c in &report.checks {
         progress.println(&format!(
@@ -434,7 +442,7 @@ fn explain(
         if let Some((now, before)) = &recipes {
             out["recipe"] = json!({"now": now, "last_build": before});
         }
-        println!("{out}");
+        emit(&out.to_string())?;
     }
     if let Some((now, before)) = &recipes {
         let show = |r: &Option<serde_json::Value>| {
@@ -470,7 +478,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
     let Some(store) = &session.store else {
         progress.info(&format!("{node} has no takes yet (nothing was built)"));
         if cli.json {
-            println!("{}", json!({"node": node, "takes": []}));
+            emit(&json!({"node": node, "takes": []}).to_string())?;
         }
         return Ok(EXIT_OK);
     };
@@ -509,7 +517,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
         })
         .collect();
     if cli.json {
-        println!("{}", json!({"node": node, "takes": rows}));
+        emit(&json!({"node": node, "takes": rows}).to_string())?;
     }
     if actions.is_empty() {
         progress.println(&format!("{node} has no takes yet"));

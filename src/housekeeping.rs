@@ -9,9 +9,9 @@ use serde_json::json;
 
 use crate::error::UsageError;
 use crate::plan::Session;
-use crate::progress::Progress;
+use crate::progress::{Progress, emit};
 use crate::project::CONFIG_FILE;
-use crate::store::{BlobStore, BuildLock, Store};
+use crate::store::{BlobStore, BuildLock, Store, Wait};
 
 const INIT_YAML: &str = r#"version: 1
 name: my-film
@@ -91,7 +91,7 @@ pub fn clean(root: &Path, cache: bool, yes: bool, progress: &Progress) -> Result
         .into());
     }
     let _lock = if cache_dir.exists() {
-        Some(BuildLock::acquire(&cache_dir, false, || {})?)
+        Some(BuildLock::acquire(&cache_dir, Wait::Never, || {})?)
     } else {
         None
     };
@@ -121,7 +121,7 @@ pub fn clean(root: &Path, cache: bool, yes: bool, progress: &Progress) -> Result
 pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
     let Some(store) = &session.store else {
         if json_out {
-            println!("{}", json!({"dropped": 0, "freed_bytes": 0}));
+            emit(&json!({"dropped": 0, "freed_bytes": 0}).to_string())?;
         }
         return Ok(());
     };
@@ -157,10 +157,7 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
             drop.len()
         ));
         if json_out {
-            println!(
-                "{}",
-                json!({"dropped": 0, "would_drop": drop.len(), "freed_bytes": 0})
-            );
+            emit(&json!({"dropped": 0, "would_drop": drop.len(), "freed_bytes": 0}).to_string())?;
         }
         return Ok(());
     }
@@ -181,7 +178,7 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
         freed as f64 / (1024.0 * 1024.0)
     ));
     if json_out {
-        println!("{}", json!({"dropped": keys.len(), "freed_bytes": freed}));
+        emit(&json!({"dropped": keys.len(), "freed_bytes": freed}).to_string())?;
     }
     Ok(())
 }
@@ -201,7 +198,7 @@ pub fn verify(store: &Store, progress: &Progress, json_out: bool) -> Result<usiz
         }
     }
     if json_out {
-        println!("{}", json!({"checked": blobs.len(), "damaged": bad}));
+        emit(&json!({"checked": blobs.len(), "damaged": bad}).to_string())?;
     }
     progress.info(&format!(
         "verified {} blobs: {} damaged",

@@ -396,6 +396,29 @@ impl Session {
                         .help(p.help),
                 );
             }
+            // The registry's prompt length, per frame prompt.
+            for (shot, s) in cfg.shots.iter().enumerate() {
+                for (field, prompt) in [("start", s.start.as_ref()), ("end", Some(&s.end))] {
+                    let chars = prompt.map_or(0, |p| p.chars().count());
+                    if chars > caps.max_prompt_chars {
+                        out.push(
+                            self.project
+                                .error_at(
+                                    &format!("shots.{shot}.{field}"),
+                                    format!(
+                                        "the `{field}` prompt of shot `{}` has {chars} characters; \
+                                         {} ({}) accepts {}",
+                                        s.id,
+                                        f.name(),
+                                        k.model,
+                                        caps.max_prompt_chars
+                                    ),
+                                )
+                                .help("shorten the prompt"),
+                        );
+                    }
+                }
+            }
             // Input images per request: the references a frame sends, the chained frame, the
             // auto reference.
             let mut reported = HashSet::new();
@@ -604,6 +627,34 @@ impl Session {
         }
     }
 
+    /// The error for a pinned take that does not exist and is not the next one (a build would
+    /// pay for it under a number that says otherwise).
+    fn missing_take(&self, i: usize, pinned: u32, takes: u32) -> ProjectError {
+        let node = &self.graph.nodes[i];
+        let (shot, field) = match node.kind {
+            NodeKind::Frame { shot, role, .. } => (shot, format!("{}_take", role.as_str())),
+            NodeKind::Segment { shot, .. } => (shot, "take".to_string()),
+            _ => (0, "take".to_string()),
+        };
+        self.project
+            .error_at(
+                &format!("shots.{shot}.{field}"),
+                format!(
+                    "`{field}: {pinned}` pins a take of {} that does not exist (it has {takes})",
+                    node.id
+                ),
+            )
+            .help(format!(
+                "`ttv takes {}` lists them; pin one of those, or {} to make the next one",
+                node.id,
+                if takes == 0 {
+                    "`take: 1` (or remove the pin)".to_string()
+                } else {
+                    format!("`{field}: {}`", takes + 1)
+                }
+            ))
+    }
+
     /// The take pinned in ttv.yaml for node `i`, if any.
     pub(crate) fn pinned_take(&self, i: usize) -> Option<u32> {
         let shots = &self.project.config.shots;
@@ -630,6 +681,14 @@ impl Session {
             _ => None,
         };
         let latest_take = latest.as_ref().map(|a| a.take);
+        if let Some(pinned) = self.pinned_take(i)
+            && base.is_generation()
+            && pinned > latest_take.unwrap_or(0) + 1
+        {
+            return Err(self
+                .missing_take(i, pinned, latest_take.unwrap_or(0))
+                .into());
+        }
         let take = if self.rerolls.contains(&i) && base.is_generation() {
             latest_take.map_or(1, |t| t + 1)
         } else {
@@ -927,6 +986,23 @@ fn generates_frame(project: &Project, graph: &Graph, i: usize) -> bool {
     }
 }
 
+/// Images up to this many pixels are decoded whole to prove they are readable; larger ones
+/// (a 481 KB PNG can hold 13000x13000 pixels, 680 MB decoded) are checked by their header.
+const FULL_CHECK_PIXELS: u64 = 40_000_000;
+
+/// Whether `bytes` are an image ttv can read: the header always, the pixels when that is cheap.
+fn check_image(bytes: &[u8]) -> Result<(), String> {
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_dimensions()
+        .map_err(|e| e.to_string())?;
+    if u64::from(w) * u64::from(h) <= FULL_CHECK_PIXELS {
+        image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Hashes an image file of the project through the stat cache; the bytes are decoded (once,
 /// when they are read) so a corrupt image is a project error naming the file.
 fn hash_image(
@@ -935,11 +1011,7 @@ fn hash_image(
     rel: &Path,
 ) -> Result<String, ProjectError> {
     let rel_str = rel.to_string_lossy();
-    let result = stats.hash(&project.root, &rel_str, |bytes| {
-        image::load_from_memory(bytes)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
+    let result = stats.hash(&project.root, &rel_str, check_image);
     match result {
         Ok(Ok(hash)) => Ok(hash),
         Ok(Err(e)) => Err(

@@ -1,9 +1,10 @@
 //! Progress on stderr: indicatif bars (one per running node, plus totals) when stderr is a
 //! terminal, one plain line per finished node otherwise. stdout stays free for `--json`.
 
-use std::io::IsTerminal;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,6 +27,9 @@ struct Inner {
     total: Option<ProgressBar>,
     color: bool,
     warned: AtomicBool,
+    /// Warnings already shown: a project loaded twice (a build that waited for the lock, or
+    /// made the cache) warns once.
+    shown: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Progress {
@@ -41,6 +45,7 @@ impl Progress {
                 total: None,
                 color,
                 warned: AtomicBool::new(false),
+                shown: Arc::default(),
             }),
         }
     }
@@ -63,6 +68,7 @@ impl Progress {
             total: Some(bar),
             color: self.inner.color,
             warned: AtomicBool::new(false),
+            shown: self.inner.shown.clone(),
         };
         Progress {
             inner: Arc::new(inner),
@@ -98,7 +104,7 @@ impl Progress {
                 t.println(format!("  {line}"));
             }
         } else if self.inner.verbosity != Verbosity::Quiet && !line.is_empty() {
-            eprintln!("  {line}");
+            say(&format!("  {line}"));
         }
     }
 
@@ -115,12 +121,21 @@ impl Progress {
             Some(mp) => {
                 let _ = mp.println(line);
             }
-            None => eprintln!("{line}"),
+            None => say(line),
         }
     }
 
     pub fn warn(&self, msg: &str) {
         self.inner.warned.store(true, Ordering::Relaxed);
+        let first = self
+            .inner
+            .shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(msg.to_string());
+        if !first {
+            return;
+        }
         let prefix = if self.inner.color {
             "\x1b[33mwarning\x1b[0m"
         } else {
@@ -139,6 +154,21 @@ impl Progress {
         if let Some(t) = &self.inner.total {
             t.finish_and_clear();
         }
+    }
+}
+
+/// A line on stderr. A closed stderr (a pager that quit) is not an error: the line is dropped.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The `--json` object (or any text) on stdout. A reader that quit early (`| head`, a pager)
+/// ends the output quietly, as cargo and ripgrep do, instead of a panic.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

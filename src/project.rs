@@ -495,6 +495,13 @@ fn image_extensions() -> String {
         .join(" ")
 }
 
+/// The longest shot id: ids name files (`build/frames/001-ID-start.png`), and file systems
+/// allow 255 bytes per name.
+pub const MAX_SHOT_ID: usize = 64;
+
+/// Target names a shot id would be confused with (`ttv build final`).
+const RESERVED_IDS: &[&str] = &["final", "frames", "segments"];
+
 fn valid_shot_id(id: &str) -> bool {
     !id.is_empty()
         && id
@@ -677,6 +684,50 @@ impl Project {
                     self.error_at(&at("id"), format!("shot id `{id}` is not valid"))
                         .help(help),
                 );
+            }
+            if id.len() > MAX_SHOT_ID {
+                errors.push(
+                    self.error_at(
+                        &at("id"),
+                        format!(
+                            "shot id `{}...` is {} characters long; the most is {MAX_SHOT_ID}",
+                            &id[..24.min(id.len())],
+                            id.len()
+                        ),
+                    )
+                    .help("use a short id: it names the shot's files and nodes"),
+                );
+            } else if RESERVED_IDS.contains(&id.as_str()) {
+                errors.push(
+                    self.error_at(
+                        &at("id"),
+                        format!("shot id `{id}` is a target group's name"),
+                    )
+                    .help(format!(
+                        "rename the shot (e.g. `{id}-shot`): `ttv build {id}` means the group"
+                    )),
+                );
+            }
+            for (field, prompt) in [
+                ("end", Some(&shot.end)),
+                ("motion", Some(&shot.motion)),
+                ("start", shot.start.as_ref()),
+            ] {
+                if prompt.is_some_and(|p| p.trim().is_empty()) {
+                    errors.push(
+                        self.error_at(
+                            &at(field),
+                            format!("the `{field}` prompt of shot `{id}` is empty"),
+                        )
+                        .help(match field {
+                            "motion" => {
+                                "describe the camera and the action: Veo refuses an \
+                                         empty prompt"
+                            }
+                            _ => "describe the frame: an image model needs a prompt",
+                        }),
+                    );
+                }
             }
             if let Some(&first) = first_use.get(id.as_str()) {
                 let first_line = self
@@ -887,6 +938,14 @@ impl Project {
                 entry.file_type().is_dir()
             };
             let file_name = Path::new(file_name);
+            // A FIFO, socket or device would block the read or make no sense as an image.
+            let regular = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
+            if !is_dir && !regular {
+                self.notes.push(format!(
+                    "{shown} skipped: not a regular file (a pipe, socket or device)"
+                ));
+                continue;
+            }
             if is_dir {
                 self.notes.push(format!(
                     "{shown} skipped: a folder (references are not searched in subfolders)"

@@ -50,7 +50,10 @@ pub fn ffmpeg_command() -> tokio::process::Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group: a Ctrl-C in the terminal goes to ttv, which decides what
+        // stops (a clip being encoded is finished), not straight to ffmpeg.
+        .process_group(0);
     cmd
 }
 
@@ -335,6 +338,7 @@ async fn run_ffprobe(path: &Path, args: &[&str]) -> anyhow::Result<String> {
         .arg(path)
         .stdin(Stdio::null())
         .kill_on_drop(true)
+        .process_group(0)
         .output()
         .await
         .with_context(|| format!("cannot run {}", ffprobe_bin().display()))?;

@@ -729,6 +729,16 @@ impl OperationLog for Store {
     }
 }
 
+/// Whether taking the build lock waits for another holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Yes,
+    /// `--no-wait` was given: the message says how to wait instead.
+    NotAsked,
+    /// A command that never waits (clean, gc, verify).
+    Never,
+}
+
 /// The exclusive per-project build lock (`.ttv/lock`). Held until dropped.
 pub struct BuildLock {
     _file: File,
@@ -737,7 +747,7 @@ pub struct BuildLock {
 impl BuildLock {
     /// Takes the lock; when another build holds it, `on_wait` is called once and this waits,
     /// unless `wait` is false, in which case it fails at once.
-    pub fn acquire(dir: &Path, wait: bool, on_wait: impl FnOnce()) -> Result<BuildLock> {
+    pub fn acquire(dir: &Path, wait: Wait, on_wait: impl FnOnce()) -> Result<BuildLock> {
         fs::create_dir_all(dir)?;
         let path = dir.join("lock");
         let file = fs::OpenOptions::new()
@@ -749,10 +759,16 @@ impl BuildLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                if !wait {
+                if wait != Wait::Yes {
                     bail!(
-                        "another ttv build is running in this project (it holds {}); run again when it ends, or drop --no-wait to wait for it",
-                        path.display()
+                        "another ttv build is running in this project (it holds {}); run this \
+                         again when it ends{}",
+                        path.display(),
+                        if wait == Wait::NotAsked {
+                            ", or drop --no-wait to wait for it"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 on_wait();

@@ -301,7 +301,9 @@ impl Veo {
         // What the service may have started without ttv knowing: recorded, never resent.
         let unknown = |detail: String| {
             if let Err(err) = ctx.operations.uncertain(&ctx.key, &label, &detail) {
-                eprintln!("warning: cannot record the uncertain submission: {err:#}");
+                crate::progress::say(&format!(
+                    "warning: cannot record the uncertain submission: {err:#}"
+                ));
             }
             uncertain_error(&ctx.node_id, &detail)
         };
@@ -328,10 +330,10 @@ impl Veo {
             )));
         };
         if let Err(e) = ctx.operations.record(&ctx.key, &label, &name) {
-            eprintln!(
+            crate::progress::say(&format!(
                 "warning: cannot record operation {name} ({e:#}): an interrupted build will \
                  report its submission as uncertain"
-            );
+            ));
         }
         Ok(name)
     }
@@ -663,7 +665,9 @@ impl VideoGenerator for Veo {
             match self.wait_done(&name, model, resumed, ctx).await {
                 Ok(op) => return self.finish(&name, op, params, ctx).await,
                 Err(PollError::NotFound(_)) if resumed => {
-                    eprintln!("warning: operation {name} unknown to the service, submitting again");
+                    crate::progress::say(&format!(
+                        "warning: operation {name} unknown to the service, submitting again"
+                    ));
                     forget(ctx, &name);
                     name = self.submit(req, ctx).await?;
                     resumed = false;
@@ -851,7 +855,7 @@ fn prefixed(label: &str, name: &str, e: GenError) -> GenError {
 
 fn forget(ctx: &GenContext, name: &str) {
     if let Err(e) = ctx.operations.clear(&ctx.key) {
-        eprintln!("warning: cannot forget operation {name}: {e:#}");
+        crate::progress::say(&format!("warning: cannot forget operation {name}: {e:#}"));
     }
 }
 

@@ -193,7 +193,7 @@ pub(super) fn config_error(source: &str, err: &serde_saphyr::Error) -> ProjectEr
                 unexpected
             }
         ))
-        .help("see DESIGN.md §2 or the ttv.yaml `ttv init` writes for the expected shape"),
+        .help("see the ttv.yaml section of the README, or the ttv.yaml `ttv init` writes, for the expected shape"),
         E::Eof { .. } => ProjectError::new(CONFIG_FILE, None, "ttv.yaml is empty")
             .help("start with `version: 1` and a `shots:` list (`ttv init` writes an example)"),
         E::MultipleDocuments { .. } => here("ttv.yaml holds more than one YAML document".into())
@@ -206,12 +206,30 @@ pub(super) fn config_error(source: &str, err: &serde_saphyr::Error) -> ProjectEr
             let (kind, help) = match *expected {
                 "sequence start" => ("a list", "write one `- ...` line per item below it"),
                 "mapping start" => ("a mapping", "write `key: value` lines indented below it"),
-                _ => ("text", "quote the value: `\"...\"`"),
+                _ => (
+                    "a single value, not a list or a mapping",
+                    "write the value on the same line, e.g. `key: value`",
+                ),
             };
             here(format!("{} must be {kind}", setting(path))).help(help)
         }
-        other => here(strip_location(&other.to_string()))
-            .help("see DESIGN.md §2 or the ttv.yaml `ttv init` writes for the expected shape"),
+        // Messages written for Rust programmers ("use Option<String>", "externally tagged
+        // enum") are said in the terms of ttv.yaml.
+        other => {
+            let text = strip_location(&other.to_string());
+            if text.contains("null into") {
+                here(format!("{} is empty", setting(path)))
+                    .help(format!("give it a value, e.g. `{}: \"...\"`", leaf(path)))
+            } else if text.contains("enum") {
+                here(format!("{} must be a single word", setting(path)))
+                    .help("see the ttv.yaml section of the README for the words it takes")
+            } else {
+                here(text).help(
+                    "see the ttv.yaml section of the README, or the ttv.yaml `ttv init` \
+                     writes, for the expected shape",
+                )
+            }
+        }
     }
 }
 

@@ -51,7 +51,7 @@ fn all_needed() -> BTreeSet<String> {
     NEEDED.iter().map(|(id, _, _)| id.to_string()).collect()
 }
 
-fn basic() -> Project {
+pub(crate) fn basic() -> Project {
     Project::from_fixture("basic")
 }
 
@@ -569,7 +569,7 @@ fn concurrent_builds_take_turns_and_the_second_generates_nothing() {
 }
 
 /// Waits until a running build has stored its first result.
-fn wait_for_first_result(p: &Project, running: &mut Running) {
+pub(crate) fn wait_for_first_result(p: &Project, running: &mut Running) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while p.blob_count() == 0 {
         assert!(
