@@ -28,6 +28,11 @@ pub struct BuildOptions {
     pub reroll: Vec<String>,
     pub force: Vec<String>,
     pub no_wait: bool,
+    /// `--max-cost`: the most this build may spend (else `budget_usd` of ttv.yaml).
+    pub max_cost: Option<f64>,
+    pub allow_unknown_cost: bool,
+    /// `--partial`: with a budget smaller than the estimate, make what fits instead of refusing.
+    pub partial: bool,
 }
 
 fn mime_of(path: &Path) -> &'static str {
@@ -61,6 +66,11 @@ enum Outcome {
     },
     /// Ctrl-C came first.
     NotStarted,
+    /// Not made, by rule: waiting for approval of its frames, or past the budget (skipped).
+    Held {
+        status: Status,
+        reasons: Vec<String>,
+    },
 }
 
 /// A new output, in the blob store.
@@ -113,6 +123,64 @@ struct Runner {
     stopping: std::sync::atomic::AtomicBool,
     /// Nodes named by `--force`: a submission recorded as uncertain may be sent again.
     forced: std::collections::HashSet<usize>,
+    budget: Budget,
+}
+
+/// The most a build may spend, and what it has spent and holds for generations running.
+struct Budget {
+    limit: Option<f64>,
+    /// An unknown price counts as 0 (`--allow-unknown-cost`) rather than as over any budget.
+    allow_unknown: bool,
+    /// (spent, reserved for running generations)
+    money: std::sync::Mutex<(f64, f64)>,
+}
+
+impl Budget {
+    /// Holds `estimate` for a generation about to start, or says why it must not start.
+    fn reserve(&self, estimate: Option<f64>) -> Option<String> {
+        let limit = self.limit?;
+        let amount = match estimate {
+            Some(a) => a,
+            None if self.allow_unknown => 0.0,
+            None => {
+                return Some(format!(
+                    "its price is unknown, and the budget is ${limit:.2} (--allow-unknown-cost \
+                     to make it anyway)"
+                ));
+            }
+        };
+        let mut money = self.money.lock().unwrap_or_else(|e| e.into_inner());
+        let (spent, reserved) = *money;
+        if spent + reserved + amount > limit + 1e-9 {
+            return Some(format!(
+                "its ${amount:.2} would pass the budget of ${limit:.2} (${spent:.2} spent, \
+                 ${reserved:.2} in flight)"
+            ));
+        }
+        money.1 += amount;
+        None
+    }
+
+    fn spend(&self, amount: f64) {
+        self.money.lock().unwrap_or_else(|e| e.into_inner()).0 += amount;
+    }
+}
+
+/// A running generation's hold on the budget, released when it ends (what it really cost is
+/// then counted by [`Budget::spend`]).
+struct Reservation<'a> {
+    budget: &'a Budget,
+    amount: f64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget
+            .money
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1 -= self.amount;
+    }
 }
 
 /// Runs a build of the session's needed nodes. Returns the report; `failed > 0` means exit 1.
@@ -126,6 +194,11 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         .jobs
         .unwrap_or(cfg.keyframes.jobs + cfg.video.jobs)
         .max(1);
+    let budget = Budget {
+        limit: opts.max_cost.or(cfg.budget_usd),
+        allow_unknown: opts.allow_unknown_cost,
+        money: Default::default(),
+    };
     let forced = opts
         .force
         .iter()
@@ -140,6 +213,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         ref_bytes: OnceCell::new(),
         stopping: Default::default(),
         forced,
+        budget,
     });
     let started_at = now_secs();
     let s = &runner.session;
@@ -355,6 +429,28 @@ impl Tracker {
             }
             // Reported as skipped with everything else that did not start.
             Outcome::NotStarted => return ready,
+            Outcome::Held { status, reasons } => {
+                let mut r = failed_report(s, i, None, String::new());
+                r.status = status;
+                r.error = None;
+                r.reasons = reasons;
+                let why = match status {
+                    Status::Waiting => format!("{} is waiting for approval", node.id),
+                    _ => format!("{} was not made", node.id),
+                };
+                progress.finished(
+                    &format!(
+                        "{:<9} {}: {}",
+                        status_word(status),
+                        node.id,
+                        r.reasons.join("; ")
+                    ),
+                    true,
+                );
+                self.hold_dependents(s, i, status, &why);
+                self.results.insert(i, r);
+                return ready;
+            }
         };
         match report.status {
             Status::Generated => self.spent += report.cost_usd,
@@ -385,16 +481,18 @@ impl Tracker {
                     ),
                     true,
                 );
-                self.skip_dependents(s, i);
+                let why = format!("{} failed", node.id);
+                self.hold_dependents(s, i, Status::Skipped, &why);
             }
         }
         self.results.insert(i, report);
         ready
     }
 
-    /// Marks everything downstream of a failed node as skipped (it will never be ready).
-    fn skip_dependents(&mut self, s: &Session, failed: usize) {
-        let mut stack = vec![failed];
+    /// Marks everything downstream of a node that was not made (failed, waiting, past the
+    /// budget) with `status` and `why`: it will never be ready in this build.
+    fn hold_dependents(&mut self, s: &Session, from: usize, status: Status, why: &str) {
+        let mut stack = vec![from];
         while let Some(i) = stack.pop() {
             for &d in &s.graph.dependents[i] {
                 if self.waiting.remove(&d).is_none() {
@@ -405,11 +503,11 @@ impl Tracker {
                     NodeReport {
                         id: s.graph.nodes[d].id.clone(),
                         kind: s.graph.nodes[d].kind_name(),
-                        status: Status::Skipped,
+                        status,
                         key: None,
                         blob: None,
                         output: None,
-                        reasons: vec![format!("{} failed", s.graph.nodes[failed].id)],
+                        reasons: vec![why.to_string()],
                         take: None,
                         backend: None,
                         cost_usd: 0.0,
@@ -420,6 +518,13 @@ impl Tracker {
                 stack.push(d);
             }
         }
+    }
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Waiting => "WAITING",
+        _ => "SKIPPED",
     }
 }
 
@@ -498,6 +603,13 @@ impl Runner {
                 None => plan.hit = None,
             }
         }
+        let held = s.unapproved(i, deps);
+        if !held.is_empty() {
+            return Ok(Outcome::Held {
+                status: Status::Waiting,
+                reasons: held,
+            });
+        }
         let mat = Materializer::new(&s.project.root, &s.stats);
         // Generations wait for a slot of their backend and of the global limit; after Ctrl-C a
         // node that was still waiting for one does not start.
@@ -518,14 +630,32 @@ impl Runner {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Outcome::NotStarted);
         }
+        let estimate = match backend_jobs {
+            Some(_) => s.estimate(i),
+            None => Some(0.0),
+        };
+        if let Some(reason) = self.budget.reserve(estimate) {
+            return Ok(Outcome::Held {
+                status: Status::Skipped,
+                reasons: vec![reason],
+            });
+        }
+        let _reservation = Reservation {
+            budget: &self.budget,
+            amount: estimate.unwrap_or(0.0),
+        };
         let started = Instant::now();
         let bar = s.progress.start(&node.id);
         let status = bar.status_fn();
         let produced = self.produce(i, &plan, deps, status).await;
         drop(bar);
         let p = match produced {
-            Ok(p) => p,
+            Ok(p) => {
+                self.budget.spend(p.cost_usd);
+                p
+            }
             Err(NotProduced { error, cost_usd }) => {
+                self.budget.spend(cost_usd);
                 return Ok(Outcome::Failed {
                     plan: Some(Box::new(plan)),
                     error,

@@ -17,7 +17,7 @@ use crate::housekeeping;
 use crate::plan::{Report, Session, Status};
 use crate::progress::{Progress, Verbosity, emit, say};
 use crate::project::{self, Project};
-use crate::store::{BuildLock, Store, Wait};
+use crate::store::{BuildLock, Store, Verdict, Wait};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,7 +66,31 @@ pub enum Command {
         /// Fail at once if another build holds the project, instead of waiting.
         #[arg(long)]
         no_wait: bool,
+        /// The most this build may spend, in USD (default: `budget_usd` in ttv.yaml). A build
+        /// estimated above it does not start.
+        #[arg(long, value_name = "USD")]
+        max_cost: Option<f64>,
+        /// With a budget smaller than the estimate, make what fits and skip the rest.
+        #[arg(long)]
+        partial: bool,
+        /// Count a model of unknown price as free against the budget (else it is over any).
+        #[arg(long)]
+        allow_unknown_cost: bool,
     },
+    /// Approve frames (node ids, shot ids or `frames`): with `video.require_approval`, a
+    /// segment is made only from approved frames. An approval is of the frame's current take.
+    Approve {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Reject frames: their segments wait until they are rerolled (and approved) or approved.
+    Reject {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Pin a take of a frame or segment: writes `take:`, `start_take:` or `end_take:` under the
+    /// shot in ttv.yaml (that one line; comments and layout stay).
+    Pin { node: String, take: u32 },
     /// What a build would generate, why, and what it would cost. No API call.
     Plan { targets: Vec<String> },
     /// Why a node would be generated (or that it is cached), field by field.
@@ -149,6 +173,9 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             force,
             dry_run,
             no_wait,
+            max_cost,
+            partial,
+            allow_unknown_cost,
         } => {
             if *dry_run {
                 return plan(cli, load()?, targets, progress);
@@ -159,12 +186,21 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 reroll: reroll.clone(),
                 force: force.clone(),
                 no_wait: *no_wait,
+                max_cost: *max_cost,
+                allow_unknown_cost: *allow_unknown_cost,
+                partial: *partial,
             };
+            if max_cost.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
+                return Err(UsageError::new("--max-cost takes an amount in USD, 0 or more").into());
+            }
             run_build(cli, &root, load, &opts, progress)
         }
         Command::Plan { targets } => plan(cli, load()?, targets, progress),
         Command::Explain { node, recipe } => explain(cli, load()?, node, *recipe, progress),
         Command::Doctor => doctor(cli, &load()?, progress),
+        Command::Pin { node, take } => pin(&load()?, node, *take, progress),
+        Command::Approve { targets } => judge(cli, load()?, targets, Verdict::Approved, progress),
+        Command::Reject { targets } => judge(cli, load()?, targets, Verdict::Rejected, progress),
         Command::Takes { node } => takes(cli, load()?, node, progress),
         Command::Clean { cache, yes } => {
             housekeeping::clean(&root, *cache, *yes, &progress)?;
@@ -237,6 +273,7 @@ fn run_build(
         preview = session.plan()?;
         session.check_tools(&preview)?;
     }
+    check_budget(&session, &preview, opts)?;
     let dirty = preview
         .nodes
         .iter()
@@ -295,6 +332,121 @@ fn run_build(
     })
 }
 
+/// A build estimated over its budget does not start (unless `--partial`); neither does one
+/// with generations of unknown price, unless they are allowed.
+fn check_budget(session: &Session, preview: &Report, opts: &BuildOptions) -> Result<()> {
+    let Some(limit) = opts.max_cost.or(session.project.config.budget_usd) else {
+        return Ok(());
+    };
+    let source = if opts.max_cost.is_some() {
+        "--max-cost".to_string()
+    } else {
+        "budget_usd in ttv.yaml".to_string()
+    };
+    if preview.cost_unknown > 0 && !opts.allow_unknown_cost && !opts.partial {
+        return Err(UsageError::new(format!(
+            "{} node(s) to generate have no known price, and the budget is ${limit:.2} ({source}): \
+             give their price under `prices:`, or pass --allow-unknown-cost",
+            preview.cost_unknown
+        ))
+        .into());
+    }
+    if preview.cost_usd > limit + 1e-9 && !opts.partial {
+        return Err(UsageError::new(format!(
+            "the build is estimated at ${:.2}, more than the budget of ${limit:.2} ({source}); \
+             nothing was generated: raise the budget, build fewer targets (e.g. `ttv build \
+             frames`), or pass --partial to make what fits",
+            preview.cost_usd
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// `ttv pin NODE N`.
+fn pin(project: &Project, node: &str, take: u32, progress: Progress) -> Result<i32> {
+    let graph = crate::graph::Graph::from_project(project);
+    let i = graph.index_of(node).ok_or_else(|| {
+        UsageError::new(format!(
+            "`{node}` is not a node id (`ttv plan -v` lists them)"
+        ))
+    })?;
+    let (shot, field) = match &graph.nodes[i].kind {
+        NodeKind::Frame { shot, role, .. } => (*shot, format!("{}_take", role.as_str())),
+        NodeKind::Segment { shot, .. } => (*shot, "take".to_string()),
+        _ => {
+            return Err(UsageError::new(format!(
+                "{node} has no takes to pin: only frames and segments do"
+            ))
+            .into());
+        }
+    };
+    if take == 0 {
+        return Err(UsageError::new("takes are numbered from 1").into());
+    }
+    project.set_shot_line(shot, &field, &take.to_string())?;
+    progress.info(&format!(
+        "pinned {node} to take {take} (`{field}: {take}` under shot `{}` in ttv.yaml)",
+        project.config.shots[shot].id
+    ));
+    Ok(EXIT_OK)
+}
+
+/// `ttv approve` / `ttv reject`: records the verdict on the current take of each frame named.
+fn judge(
+    cli: &Cli,
+    project: Project,
+    targets: &[String],
+    verdict: Verdict,
+    progress: Progress,
+) -> Result<i32> {
+    let session = Session::open(project, targets, &[], progress.clone())?;
+    let report = session.plan()?;
+    let Some(store) = &session.store else {
+        return Err(UsageError::new(
+            "nothing was built yet: run `ttv build frames`, look at the frames, then approve them",
+        )
+        .into());
+    };
+    let mut frames = Vec::new();
+    for t in targets {
+        for i in session.graph.resolve_target(&session.project, t)? {
+            if matches!(session.graph.nodes[i].kind, NodeKind::Frame { .. }) {
+                frames.push(i);
+            }
+        }
+    }
+    if frames.is_empty() {
+        return Err(UsageError::new(format!(
+            "{} names no frame: approve frames (frame/SHOT/start, frame/SHOT/end, a shot id, or \
+             `frames`)",
+            targets.join(" ")
+        ))
+        .into());
+    }
+    frames.sort_unstable();
+    frames.dedup();
+    let mut done = Vec::new();
+    for i in frames {
+        let id = &session.graph.nodes[i].id;
+        let node = report.nodes.iter().find(|n| &n.id == id);
+        let Some((blob, take)) = node.and_then(|n| Some((n.blob.clone()?, n.take?))) else {
+            return Err(UsageError::new(format!(
+                "{id} has not been made (or will be made again): run `ttv build {id}` and look \
+                 at it first"
+            ))
+            .into());
+        };
+        store.set_verdict(&blob, id, verdict)?;
+        progress.info(&format!("{} {id} (take {take})", verdict.as_str()));
+        done.push(json!({"id": id, "take": take, "blob": blob, "verdict": verdict.as_str()}));
+    }
+    if cli.json {
+        emit(&json!({ "frames": done }).to_string())?;
+    }
+    Ok(EXIT_OK)
+}
+
 fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
     let failed: Vec<_> = report
         .nodes
@@ -307,6 +459,9 @@ fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
     }
     if report.skipped > 0 {
         line += &format!(", {} skipped", report.skipped);
+    }
+    if report.waiting > 0 {
+        line += &format!(", {} waiting for approval", report.waiting);
     }
     line += &format!(
         " in {seconds:.1}s; spent ${:.2}, saved ${:.2}",
@@ -364,6 +519,8 @@ fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> 
                 n.id,
                 n.reasons.join("; ")
             ));
+        } else if n.status == Status::Waiting {
+            progress.println(&format!("  waiting  {:<28} {}", n.id, n.reasons.join("; ")));
         } else if progress.verbosity() == Verbosity::Verbose {
             progress.println(&format!("  cached   {}", n.id));
         }
@@ -460,6 +617,11 @@ fn explain(
             n.take.unwrap_or(1),
             n.key.as_deref().map_or("", |k| &k[..16])
         ));
+    } else if n.status == Status::Waiting {
+        progress.println(&format!("{} waits for approval:", n.id));
+        for r in &n.reasons {
+            progress.println(&format!("  - {r}"));
+        }
     } else {
         progress.println(&format!("{} will be generated:", n.id));
         for r in &n.reasons {

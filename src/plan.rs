@@ -21,7 +21,7 @@ use crate::recipe::{
     self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
 };
 use crate::stitch;
-use crate::store::{BlobStore, Hit, Store};
+use crate::store::{BlobStore, Hit, Store, Verdict};
 
 /// Status of a node in the JSON output (the CLI contract of DESIGN.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,6 +32,8 @@ pub enum Status {
     Failed,
     Skipped,
     Dirty,
+    /// Held back until the frames it is made from are approved (`video.require_approval`).
+    Waiting,
 }
 
 /// One node's line of the report.
@@ -63,6 +65,9 @@ pub struct Report {
     pub cached: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Segments (and what uses them) held back for approval of their frames.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting: usize,
     pub cost_usd: f64,
     pub saved_usd: f64,
     pub nodes: Vec<NodeReport>,
@@ -99,6 +104,7 @@ impl Report {
             cached: count(Status::Cached),
             failed: count(Status::Failed),
             skipped: count(Status::Skipped),
+            waiting: count(Status::Waiting),
             cost_usd: sum(&[Status::Generated, Status::Dirty, Status::Failed]),
             saved_usd: sum(&[Status::Cached]),
             cost_unknown: nodes
@@ -136,6 +142,8 @@ pub struct Session {
     pub(crate) stats: Mutex<StatCache>,
     /// Node id -> key at its last build (what explanations compare against).
     pub(crate) last_keys: HashMap<String, String>,
+    /// Verdicts on frames, by blob (loaded when `video.require_approval` is on).
+    pub(crate) verdicts: HashMap<String, Verdict>,
     /// Nodes asked to be made again as a new take.
     rerolls: HashSet<usize>,
     /// Plans of the nodes [`Session::plan`] found cached, for the build to reuse.
@@ -243,6 +251,10 @@ impl Session {
                 }
             }
         }
+        let verdicts = match &store {
+            Some(s) if project.config.video.require_approval => s.verdicts()?,
+            _ => HashMap::new(),
+        };
         let last_keys = match &store {
             Some(s) => s.node_keys()?,
             None => HashMap::new(),
@@ -260,6 +272,7 @@ impl Session {
             stats: Mutex::new(stats),
             last_keys,
             rerolls: reroll_set,
+            verdicts,
             cached_plans: Mutex::default(),
             progress,
         };
@@ -627,6 +640,31 @@ impl Session {
         }
     }
 
+    /// Why segment `i` may not be generated yet: the frames it is made from (their blobs in
+    /// `blobs`) that are not approved. Empty when it may (or when approval is not required).
+    pub(crate) fn unapproved(&self, i: usize, blobs: &HashMap<usize, String>) -> Vec<String> {
+        if !self.project.config.video.require_approval
+            || !matches!(self.graph.nodes[i].kind, NodeKind::Segment { .. })
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for &d in &self.graph.nodes[i].deps {
+            let id = &self.graph.nodes[d].id;
+            match blobs.get(&d).and_then(|b| self.verdicts.get(b)) {
+                Some(Verdict::Approved) => {}
+                Some(Verdict::Rejected) => out.push(format!(
+                    "{id} was rejected: reroll it (`ttv build --reroll {id}`) or approve it"
+                )),
+                None if blobs.contains_key(&d) => out.push(format!(
+                    "{id} is not approved (`ttv approve {id}`, or the review page)"
+                )),
+                None => out.push(format!("{id} will be made, then needs approval")),
+            }
+        }
+        out
+    }
+
     /// The error for a pinned take that does not exist and is not the next one (a build would
     /// pay for it under a number that says otherwise).
     fn missing_take(&self, i: usize, pinned: u32, takes: u32) -> ProjectError {
@@ -834,9 +872,16 @@ impl Session {
         let mut cached_plans = HashMap::new();
         let mut blobs = HashMap::new();
         let mut dirty: HashSet<usize> = HashSet::new();
+        let mut waiting: HashSet<usize> = HashSet::new();
         let mut nodes = Vec::new();
         for &i in &self.needed {
             let node = &self.graph.nodes[i];
+            let waits_for: Vec<&str> = node
+                .deps
+                .iter()
+                .filter(|d| waiting.contains(d))
+                .map(|&d| self.graph.nodes[d].id.as_str())
+                .collect();
             let dirty_deps: Vec<&str> = node
                 .deps
                 .iter()
@@ -857,7 +902,16 @@ impl Session {
                 error: None,
                 cost_unknown: self.estimate(i).is_none(),
             };
-            if dirty_deps.is_empty() {
+            if !waits_for.is_empty() {
+                waiting.insert(i);
+                report.status = Status::Waiting;
+                report.cost_usd = 0.0;
+                report.cost_unknown = false;
+                report.reasons = waits_for
+                    .iter()
+                    .map(|d| format!("{d} is waiting for approval"))
+                    .collect();
+            } else if dirty_deps.is_empty() {
                 let plan = self.plan_node(i, &blobs)?;
                 report.key = Some(plan.key.clone());
                 report.take = Some(plan.take);
@@ -871,14 +925,32 @@ impl Session {
                     report.cost_unknown = false;
                     cached_plans.insert(i, plan);
                 } else {
-                    dirty.insert(i);
+                    let held = self.unapproved(i, &blobs);
+                    if held.is_empty() {
+                        dirty.insert(i);
+                    } else {
+                        waiting.insert(i);
+                        report.status = Status::Waiting;
+                        report.cost_usd = 0.0;
+                        report.cost_unknown = false;
+                        report.reasons = held;
+                    }
                 }
             } else {
-                dirty.insert(i);
-                report.reasons = dirty_deps
-                    .iter()
-                    .map(|d| format!("input {d} will be regenerated"))
-                    .collect();
+                let held = self.unapproved(i, &blobs);
+                if held.is_empty() {
+                    dirty.insert(i);
+                    report.reasons = dirty_deps
+                        .iter()
+                        .map(|d| format!("input {d} will be regenerated"))
+                        .collect();
+                } else {
+                    waiting.insert(i);
+                    report.status = Status::Waiting;
+                    report.cost_usd = 0.0;
+                    report.cost_unknown = false;
+                    report.reasons = held;
+                }
             }
             nodes.push(report);
         }

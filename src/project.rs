@@ -38,6 +38,9 @@ pub struct Config {
     /// Price overrides by model name.
     #[serde(default)]
     pub prices: BTreeMap<String, PriceOverride>,
+    /// The most one build may spend, in USD (`ttv build --max-cost` overrides it).
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -138,6 +141,9 @@ pub struct VideoSettings {
     /// Reference images (file stems in the references folder) of `mode: references` shots
     /// that do not list their own.
     pub references: Vec<String>,
+    /// A segment is generated only when every frame it is made from is approved (`ttv approve`,
+    /// or the review page).
+    pub require_approval: bool,
     /// Vertex only: `gs://...` prefix where Veo writes the videos instead of returning them inline.
     pub storage_uri: Option<String>,
     pub fallback: Vec<FallbackBackend>,
@@ -170,6 +176,7 @@ impl Default for VideoSettings {
             person_generation: None,
             sample_count: 1,
             references: Vec::new(),
+            require_approval: false,
             storage_uri: None,
             fallback: Vec::new(),
             jobs: 2,
@@ -391,6 +398,44 @@ impl Project {
         // ttv.yaml top to bottom, then the problems in other files.
         errors.sort_by_key(|e| (e.file != Path::new(CONFIG_FILE), e.line));
         Err(ProjectErrors(errors))
+    }
+
+    /// Sets `field: value` under shot `shot` in ttv.yaml, changing that one line (or adding it
+    /// after the shot's `id:` line) and nothing else: comments and layout stay the user's.
+    /// The file is replaced atomically.
+    pub fn set_shot_line(&self, shot: usize, field: &str, value: &str) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let id_line = self
+            .lines
+            .get(&format!("shots.{shot}.id"))
+            .context("the shot's `id:` line is not in ttv.yaml")?;
+        let id_text = &lines[id_line - 1];
+        let key_col = id_text
+            .find("id:")
+            .context("the shot's `id:` line has no `id:`")?;
+        let indent = " ".repeat(key_col);
+        let new_line = format!("{indent}{field}: {value}");
+        match self.lines.get(&format!("shots.{shot}.{field}")) {
+            Some(l) => {
+                // Keep a comment at the end of the line.
+                let old = &lines[l - 1];
+                let comment = old.find(" #").map(|c| &old[c..]).unwrap_or("");
+                lines[l - 1] = format!("{new_line}{comment}");
+            }
+            None => lines.insert(id_line, new_line),
+        }
+        let mut out = lines.join("\n");
+        if text.ends_with('\n') {
+            out.push('\n');
+        }
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
     }
 
     /// ttv.yaml, as the user would name it in messages.
@@ -641,6 +686,15 @@ impl Project {
                         .help("e.g. `output: final.mp4`; it is written to build/"),
                 );
             }
+        }
+        if c.budget_usd.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
+            errors.push(
+                self.error_at(
+                    "budget_usd",
+                    "`budget_usd` must be an amount in USD, 0 or more",
+                )
+                .help("e.g. `budget_usd: 20`"),
+            );
         }
         for (model, p) in &c.prices {
             for (field, value) in [("per_image", p.per_image), ("per_second", p.per_second)] {

@@ -56,6 +56,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE actions ADD COLUMN provenance TEXT;
      ALTER TABLE operations ADD COLUMN state TEXT NOT NULL DEFAULT 'submitted';
      ALTER TABLE operations ADD COLUMN detail TEXT;",
+    // 4: approvals of frames, by the blob approved (a new take needs a new approval).
+    "CREATE TABLE approvals(
+         blob TEXT PRIMARY KEY, node_id TEXT NOT NULL, verdict TEXT NOT NULL,
+         decided_at INTEGER NOT NULL);",
 ];
 
 /// Seconds since the epoch.
@@ -147,6 +151,22 @@ pub struct FileStat {
     pub inode: i64,
     pub hash: String,
     pub checked_at: i64,
+}
+
+/// What a person decided about a frame (`ttv approve`, `ttv reject`, the review page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approved,
+    Rejected,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Rejected => "rejected",
+        }
+    }
 }
 
 /// Totals of one build, kept for history.
@@ -477,6 +497,36 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records a verdict (`approved` / `rejected`) on the frame `node_id` made as `blob`.
+    pub fn set_verdict(&self, blob: &str, node_id: &str, verdict: Verdict) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO approvals(blob, node_id, verdict, decided_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![blob, node_id, verdict.as_str(), now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// Every verdict, by blob.
+    pub fn verdicts(&self) -> Result<HashMap<String, Verdict>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT blob, verdict FROM approvals")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (blob, verdict) = row?;
+            out.insert(
+                blob,
+                if verdict == "approved" {
+                    Verdict::Approved
+                } else {
+                    Verdict::Rejected
+                },
+            );
+        }
+        Ok(out)
     }
 
     pub fn record_build(&self, b: &BuildRecord) -> Result<()> {

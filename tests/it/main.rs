@@ -7,4 +7,5 @@ mod fake_selftest;
 mod google;
 mod google_2026;
 mod reliability_cli;
+mod review_gate;
 mod support;
