@@ -120,6 +120,14 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ttv: error: {e:#}");
+            if crate::store::is_damage(&e) {
+                let db = project::find_root(cli.dir.as_deref())
+                    .map_or_else(|_| ".ttv/ttv.db".into(), |r| r.join(".ttv/ttv.db"));
+                eprintln!(
+                    "  help: the cache database {} is damaged: run `ttv verify`, which moves it aside and rebuilds it from the blobs and build/manifest.json",
+                    db.display()
+                );
+            }
             exit_code_for(&e)
         }
     }
@@ -184,7 +192,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 return Ok(EXIT_OK);
             };
             let _lock = BuildLock::acquire(&store.dir, false, || {})?;
-            let bad = housekeeping::verify(&store, &progress, cli.json)?;
+            let bad = housekeeping::verify(store, &progress, cli.json)?;
             Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
         }
     }
