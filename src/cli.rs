@@ -120,13 +120,12 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ttv: error: {e:#}");
-            if crate::store::is_damage(&e) {
-                let db = project::find_root(cli.dir.as_deref())
-                    .map_or_else(|_| ".ttv/ttv.db".into(), |r| r.join(".ttv/ttv.db"));
-                eprintln!(
-                    "  help: the cache database {} is damaged: run `ttv verify`, which moves it aside and rebuilds it from the blobs and build/manifest.json",
-                    db.display()
-                );
+            let db = || {
+                project::find_root(cli.dir.as_deref())
+                    .map_or_else(|_| ".ttv/ttv.db".into(), |r| r.join(".ttv/ttv.db"))
+            };
+            if let Some(help) = crate::store::advice(&e, db) {
+                eprintln!("  help: {help}");
             }
             exit_code_for(&e)
         }

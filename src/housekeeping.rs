@@ -201,7 +201,10 @@ pub fn verify(mut store: Store, progress: &Progress, json_out: bool) -> Result<u
         let dir = store.dir.clone();
         drop(store);
         let shown: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
-        store = Store::rebuild(&dir, &format!("SQLite's integrity check: {}", shown.join("; ")))?;
+        store = Store::rebuild(
+            &dir,
+            &format!("SQLite's integrity check: {}", shown.join("; ")),
+        )?;
     }
     let root = store
         .dir

@@ -53,8 +53,8 @@ impl<'a> Materializer<'a> {
     /// it, or a copy when the blob is on another file system.
     pub fn place(&self, out: &str, blob_path: &Path, hash: &str) -> Result<Placed> {
         let dest = self.root.join(out);
-        let blob = fs::metadata(blob_path)
-            .with_context(|| format!("reading {}", blob_path.display()))?;
+        let blob =
+            fs::metadata(blob_path).with_context(|| format!("reading {}", blob_path.display()))?;
         let existing = fs::metadata(&dest).ok();
         let linked = existing
             .as_ref()

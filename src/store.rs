@@ -213,7 +213,8 @@ impl LocalBlobs {
         fs::create_dir_all(dir).map_err(|e| write_error(e, dir))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(blob_mode()))
             .with_context(|| format!("making {} read-only", tmp.display()))?;
-        tmp.persist(&dest).map_err(|e| write_error(e.error, &dest))?;
+        tmp.persist(&dest)
+            .map_err(|e| write_error(e.error, &dest))?;
         File::open(dir).and_then(|d| d.sync_all()).ok();
         Ok(())
     }
@@ -226,7 +227,9 @@ impl LocalBlobs {
         };
         for entry in entries.flatten() {
             let stale = entry.metadata().is_ok_and(|m| {
-                m.is_file() && m.modified().is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
+                m.is_file()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
             });
             if stale {
                 let _ = fs::remove_file(entry.path());
@@ -257,12 +260,13 @@ fn umask() -> u32 {
         let old = unsafe { libc::umask(0o077) };
         // SAFETY: as above.
         unsafe { libc::umask(old) };
+        #[allow(clippy::useless_conversion, reason = "mode_t is u16 on macOS")]
         u32::from(old)
     })
 }
 
 /// Whether an I/O error means the disk (or the quota, or the file-size limit) is full.
-pub fn is_out_of_space(e: &io::Error) -> bool {
+fn is_out_of_space(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
@@ -327,8 +331,8 @@ impl BlobStore for LocalBlobs {
         if self.holds(&hash, size) {
             return Ok((hash, size));
         }
-        let mut f = tempfile::NamedTempFile::new_in(&self.tmp)
-            .map_err(|e| write_error(e, &self.tmp))?;
+        let mut f =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| write_error(e, &self.tmp))?;
         f.write_all(bytes)
             .and_then(|_| f.as_file().sync_all())
             .map_err(|e| write_error(e, f.path()))?;
@@ -480,8 +484,7 @@ impl Store {
         let mut recovered = Vec::new();
         for e in &entries {
             let path = self.blobs.path_of(&e.blob);
-            let intact = e.blob.len() == 64
-                && hash_file(&path).is_ok_and(|(h, _)| h == e.blob);
+            let intact = e.blob.len() == 64 && hash_file(&path).is_ok_and(|(h, _)| h == e.blob);
             let media = Media::sniff(&path).ok().flatten();
             if let (true, Some(media), Ok(meta)) = (intact, media, fs::metadata(&path)) {
                 recovered.push(Action {
@@ -827,24 +830,43 @@ fn connect(db_path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Whether an error says the database file is damaged (SQLite's CORRUPT or NOTADB).
-pub fn is_damage(e: &anyhow::Error) -> bool {
-    damage_in(e).is_some()
+/// What to do about an error that reached the top, when the cache database caused it: a
+/// damaged one is repaired by `ttv verify`; a full disk needs room. `db` names the database.
+pub fn advice(e: &anyhow::Error, db: impl FnOnce() -> PathBuf) -> Option<String> {
+    if damage_in(e).is_some() {
+        return Some(format!(
+            "the cache database {} is damaged: run `ttv verify`, which moves it aside and rebuilds it from the blobs and build/manifest.json",
+            db().display()
+        ));
+    }
+    let full = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+        )
+    });
+    full.then(|| {
+        format!(
+            "no space left on device for the cache database {}: free space and build again (its transactions are whole: nothing partial was stored)",
+            db().display()
+        )
+    })
 }
 
 /// SQLite's words for the damage an error reports, if it reports one.
 fn damage_in(e: &anyhow::Error) -> Option<String> {
-    e.chain().find_map(|c| match c.downcast_ref::<rusqlite::Error>() {
-        Some(rusqlite::Error::SqliteFailure(f, msg))
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
-        {
-            Some(msg.clone().unwrap_or_else(|| f.to_string()))
-        }
-        _ => None,
-    })
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, msg))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Some(msg.clone().unwrap_or_else(|| f.to_string()))
+            }
+            _ => None,
+        })
 }
 
 /// Whether `.ttv/objects` holds anything.
@@ -872,7 +894,10 @@ fn damage_on_disk(dir: &Path, db: &Path) -> Option<String> {
         return None;
     }
     let mut head = [0u8; 100];
-    if File::open(db).and_then(|mut f| f.read_exact(&mut head)).is_err() {
+    if File::open(db)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_err()
+    {
         return Some(format!("it is cut short ({len} bytes)"));
     }
     if !head.starts_with(b"SQLite format 3\0") {
@@ -1166,6 +1191,56 @@ mod tests {
                 .unwrap();
             assert_eq!(rows, 1);
         }
+    }
+
+    /// Issue 7: ffmpeg exited 0 after "Error writing trailer ... No space left on device", and
+    /// its cut-short MP4 (an `ftyp`, media data, no `moov` index) was stored as a result.
+    #[test]
+    fn a_cut_short_result_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(".ttv")).unwrap();
+        let mut cut = tempfile::NamedTempFile::new_in(store.blobs.tmp_dir()).unwrap();
+        cut.write_all(
+            b"\0\0\0\x10ftypisom\0\0\x02\0\0\0\0\x10mdat\x01\x02\x03\x04\x05\x06\x07\x08",
+        )
+        .unwrap();
+        let err = store
+            .blobs
+            .put_file(cut.into_temp_path(), Media::Mp4)
+            .unwrap_err();
+        assert!(err.to_string().contains("no `moov` box"), "{err}");
+        assert!(err.to_string().ends_with("nothing was stored"), "{err}");
+        let png = {
+            let mut out = io::Cursor::new(Vec::new());
+            image::RgbImage::new(2, 2)
+                .write_to(&mut out, image::ImageFormat::Png)
+                .unwrap();
+            out.into_inner()
+        };
+        let err = store
+            .blobs
+            .put_bytes(&png[..png.len() - 4], Media::Png)
+            .unwrap_err();
+        assert!(err.to_string().contains("IEND"), "{err}");
+        for d in [&store.blobs.objects, &store.blobs.tmp] {
+            assert_eq!(
+                fs::read_dir(d).unwrap().count(),
+                0,
+                "{} is empty",
+                d.display()
+            );
+        }
+        assert!(store.all_blobs().unwrap().is_empty());
+
+        let full = write_error(
+            io::Error::from(io::ErrorKind::StorageFull),
+            Path::new(".ttv/tmp/x"),
+        );
+        assert!(
+            full.to_string()
+                .starts_with("no space left on device while writing .ttv/tmp/x"),
+            "{full}"
+        );
     }
 
     /// A cache made by the first release (schema 1) is upgraded in place: its results are

@@ -6,4 +6,5 @@ mod engine;
 mod fake_selftest;
 mod google;
 mod google_2026;
+mod reliability_store;
 mod support;
