@@ -43,10 +43,13 @@ impl<'a> Materializer<'a> {
         fs::metadata(self.root.join(out)).is_ok_and(|meta| self.vouches(out, &meta, hash))
     }
 
-    /// Whether the stat cache's row for `out` matches `meta` and names `hash`.
+    /// Whether the stat cache's row for `out` matches `meta` and names `hash`, and the file has
+    /// the mode of a blob (a link) or of a copy: an output an older ttv made owner-only is
+    /// placed again, which fixes its blob's mode.
     fn vouches(&self, out: &str, meta: &fs::Metadata, hash: &str) -> bool {
+        let mode = meta.mode() & 0o777;
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.lookup(out, meta) == Some(hash)
+        stats.lookup(out, meta) == Some(hash) && (mode == blob_mode() || mode == file_mode())
     }
 
     /// Makes `out` (`build/...`) hold the blob at `blob_path` (named `hash`): a hard link to

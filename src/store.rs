@@ -17,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::backends::{OperationLog, Pending};
 use crate::materialize::{BUILD_DIR, MANIFEST, read_manifest};
 use crate::media::Media;
+use crate::recipe::TakeKeys;
 
 /// The schema a cache is at: version 1 ([`SCHEMA`]) plus every step of [`MIGRATIONS`].
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -393,6 +394,8 @@ impl Store {
     }
 
     fn with(dir: &Path, conn: Connection) -> Store {
+        // The umask is read here, before the build's threads start (see `umask`).
+        umask();
         Store {
             dir: dir.to_path_buf(),
             blobs: LocalBlobs {
@@ -450,44 +453,122 @@ impl Store {
         let _ = fs::remove_file(wal(&db_path, "-shm"));
         let conn = connect(&db_path)?;
         let store = Store::with(dir, conn);
+        let mut checked: HashMap<String, bool> = HashMap::new();
+        let mut intact = |hash: &str| {
+            *checked
+                .entry(hash.to_string())
+                .or_insert_with(|| store.blobs.verify(hash).unwrap_or(false))
+        };
+        let salvaged = if moved {
+            store.salvage(&aside, &mut intact)
+        } else {
+            0
+        };
         let root = dir.parent().unwrap_or(Path::new("."));
-        let (recovered, listed) = store.recover_from_manifest(root)?;
+        let from_manifest = store.recover_from_manifest(root, &mut intact)?;
         let was = if moved {
             format!("moved it to {}", aside.display())
         } else {
             "there was nothing to move aside".into()
         };
-        let from = match listed {
-            Some(listed) => format!(
-                "rebuilt it from {BUILD_DIR}/{MANIFEST}: {recovered} of its {listed} result(s) recovered at no cost"
+        let manifest = format!("{BUILD_DIR}/{MANIFEST}");
+        let from_manifest = from_manifest.unwrap_or(0);
+        let rebuilt = match (salvaged, from_manifest) {
+            (0, 0) => format!(
+                "nothing could be recovered from it or {manifest}: the next build makes everything again"
             ),
-            None => format!(
-                "there is no {BUILD_DIR}/{MANIFEST} to rebuild it from, so the next build makes everything again"
+            (n, 0) => format!("rebuilt it with the {n} result(s) still readable in it"),
+            (0, m) => format!("rebuilt it with {m} result(s) from {manifest}"),
+            (n, m) => format!(
+                "rebuilt it with the {n} result(s) still readable in it and {m} from {manifest}"
             ),
         };
+        let kept = if salvaged + from_manifest > 0 {
+            " (each checked against its blob: they cost nothing at the next build)"
+        } else {
+            ""
+        };
         eprintln!(
-            "ttv: warning: the cache database {} was damaged ({why}); {was}; {from} (other blobs stay in {}, unindexed)",
+            "ttv: warning: the cache database {} was damaged ({why}); {was}; {rebuilt}{kept}; other blobs stay in {}, unindexed",
             db_path.display(),
             store.blobs.objects.display()
         );
         Ok(store)
     }
 
-    /// Indexes again the results build/manifest.json lists whose blobs are in place with their
-    /// bytes. Their recipes were only in the lost database: each is filed under its node (see
-    /// [`Store::recovered_take`]) with an empty recipe, so `explain` says it cannot compare.
-    /// Returns how many were recovered, and how many the manifest listed (None: no manifest).
-    fn recover_from_manifest(&self, root: &Path) -> Result<(usize, Option<usize>)> {
-        let Some(entries) = read_manifest(root) else {
-            return Ok((0, None));
+    /// Reads back what can still be read of the damaged database at `aside` and can be checked:
+    /// the actions whose keys are the hashes of their recipe (so the recipe is theirs) and whose
+    /// blob is `intact`, with their takes and provenance; the node keys of the last build; the
+    /// video operations in flight, so that none is paid for twice. A table is read until its
+    /// first damaged page. Returns how many actions came back.
+    fn salvage(&self, aside: &Path, intact: &mut impl FnMut(&str) -> bool) -> usize {
+        let Ok(old) = Connection::open(aside) else {
+            return 0;
         };
-        let mut recovered = Vec::new();
+        let mut actions = Vec::new();
+        let select = ACTION_SELECT.replace(" FROM actions", ", recipe_json FROM actions");
+        if let Ok(mut st) = old.prepare(&select)
+            && let Ok(rows) =
+                st.query_map([], |r| Ok((action_from_row(r)?, r.get::<_, String>(14)?)))
+        {
+            actions.extend(
+                rows.map_while(Result::ok)
+                    .filter(|(a, recipe)| keys_match(a, recipe) && intact(&a.blob)),
+            );
+        }
+        let saved: Vec<&str> = actions
+            .iter()
+            .filter(|(a, recipe)| self.record_action(a, recipe).is_ok())
+            .map(|(a, _)| a.key.as_str())
+            .collect();
+        let nodes: Vec<(String, String)> = read_rows(&old, "SELECT node_id, key FROM nodes")
+            .into_iter()
+            .filter(|(_, key): &(String, String)| saved.contains(&key.as_str()))
+            .collect();
+        let _ = self.set_node_keys(&nodes);
+        let operations: Vec<(String, String, String, i64, String, Option<String>)> = read_rows(
+            &old,
+            "SELECT key, backend, operation_name, submitted_at, state, detail FROM operations",
+        );
+        for op in operations {
+            let _ = self.conn().execute(
+                "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at,
+                    state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![op.0, op.1, op.2, op.3, op.4, op.5],
+            );
+        }
+        saved.len()
+    }
+
+    /// Indexes again the results build/manifest.json lists that the database lacks and whose
+    /// blobs are `intact`. Their recipes were only in the lost database: each is filed under
+    /// its node (see [`Store::recovered_take`]) with an empty recipe, so `explain` says it
+    /// cannot compare. The manifest's node keys become the last build's. Returns how many
+    /// results were added (None: no manifest).
+    fn recover_from_manifest(
+        &self,
+        root: &Path,
+        intact: &mut impl FnMut(&str) -> bool,
+    ) -> Result<Option<usize>> {
+        let Some(entries) = read_manifest(root) else {
+            return Ok(None);
+        };
+        let mut added = 0;
+        let mut nodes = Vec::new();
         for e in &entries {
+            if self.hit(&e.key)?.is_some() {
+                nodes.push((e.node.clone(), e.key.clone()));
+                continue;
+            }
             let path = self.blobs.path_of(&e.blob);
-            let intact = e.blob.len() == 64 && hash_file(&path).is_ok_and(|(h, _)| h == e.blob);
-            let media = Media::sniff(&path).ok().flatten();
-            if let (true, Some(media), Ok(meta)) = (intact, media, fs::metadata(&path)) {
-                recovered.push(Action {
+            if e.blob.len() != 64 || !intact(&e.blob) {
+                continue;
+            }
+            let (Ok(Some(media)), Ok(meta)) = (Media::sniff(&path), fs::metadata(&path)) else {
+                continue;
+            };
+            self.record_action(
+                &Action {
                     key: e.key.clone(),
                     base_key: format!("{RECOVERED_BASE}{}", e.node),
                     node_kind: e.node.split('/').next().unwrap_or_default().into(),
@@ -502,18 +583,14 @@ impl Store {
                     take: e.take,
                     size: meta.len(),
                     provenance: None,
-                });
-            }
+                },
+                "{}",
+            )?;
+            added += 1;
+            nodes.push((e.node.clone(), e.key.clone()));
         }
-        for a in &recovered {
-            self.record_action(a, "{}")?;
-        }
-        let nodes: Vec<(String, String)> = recovered
-            .iter()
-            .map(|a| (a.node_id.clone(), a.key.clone()))
-            .collect();
         self.set_node_keys(&nodes)?;
-        Ok((recovered.len(), Some(entries.len())))
+        Ok(Some(added))
     }
 
     /// What SQLite's integrity check finds wrong with the database (nothing: it is sound).
@@ -912,6 +989,33 @@ fn damage_on_disk(dir: &Path, db: &Path) -> Option<String> {
     let expected = u64::from(be32(28)) * page_size;
     (be32(24) == be32(92) && expected > len)
         .then(|| format!("it is cut short ({len} of {expected} bytes)"))
+}
+
+/// Whether an action read back from a damaged database is what it says: its key is the hash of
+/// its recipe at its take, and its base key that of the same recipe at take 0.
+fn keys_match(a: &Action, recipe: &str) -> bool {
+    let Some(prefix) = recipe.strip_suffix(&format!("{}}}", a.take)) else {
+        return false;
+    };
+    if !prefix.ends_with("\"take\":") {
+        return false;
+    }
+    let keys = TakeKeys::new(&format!("{prefix}0}}"));
+    keys.at(0) == a.base_key && keys.at(a.take) == a.key
+}
+
+/// The rows of a query on a damaged database, up to the first that cannot be read.
+fn read_rows<T>(conn: &Connection, sql: &str) -> Vec<T>
+where
+    T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+{
+    let Ok(mut st) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let Ok(rows) = st.query_map([], |r| T::try_from(r)) else {
+        return Vec::new();
+    };
+    rows.map_while(Result::ok).collect()
 }
 
 /// Held while a damaged database is moved aside and rebuilt (`.ttv/recover.lock`; not the

@@ -368,7 +368,7 @@ fn assert_rebuilt_at_no_cost(p: &Project) -> Value {
             "the cache database {} was damaged",
             p.path(".ttv/ttv.db").display()
         ))
-        .stderr_contains("rebuilt it from build/manifest.json");
+        .stderr_contains("from build/manifest.json (each checked against its blob");
     let report = out.json();
     assert_eq!(count(&report, "generated"), 0, "{report:#}");
     assert_eq!(count(&report, "cached"), OUTPUTS as u64, "{report:#}");
@@ -432,6 +432,7 @@ fn a_truncated_database_is_moved_aside_and_rebuilt_keeping_the_takes_in_use() {
 fn damage_inside_the_database_names_verify_which_rebuilds_it() {
     let p = basic();
     p.build_json(&[]);
+    p.build_json(&["--reroll", "segment/storm"]);
     let db = p.path(".ttv/ttv.db");
     let (page_size, root): (i64, i64) = {
         let conn = rusqlite::Connection::open(&db).expect("open ttv.db");
@@ -464,11 +465,23 @@ fn damage_inside_the_database_names_verify_which_rebuilds_it() {
     let report = p.build_json(&[]);
     assert_eq!(count(&report, "generated"), 0, "{report:#}");
     p.ttv(&["verify"]).success();
+    // The rows were still readable in the damaged file, checked by their keys: both takes,
+    // with the recipes `explain` compares.
+    let takes = p.ttv(&["takes", "segment/storm"]);
+    let listed = format!("{}{}", takes.stdout, takes.stderr);
+    takes.success().check(
+        listed.contains("take 1") && listed.contains("take 2"),
+        "both takes are listed",
+    );
+    p.replace_in_yaml("Lightning over the lamp room", "Hail on the lamp room");
+    p.ttv(&["explain", "frame/storm/end"])
+        .success()
+        .stderr_contains("prompt changed");
 }
 
 /// Defect 11: outputs were 0400 whatever the umask. Blobs have no write bits and are readable
 /// as the umask allows; build/ holds links to them, so the same goes for the outputs. Blobs of
-/// an older ttv (0400) are brought to that mode when placed.
+/// an older ttv (0400) are brought to that mode by the next build.
 #[test]
 fn outputs_are_readable_as_the_umask_allows_and_never_writable() {
     let p = basic();
@@ -487,8 +500,8 @@ fn outputs_are_readable_as_the_umask_allows_and_never_writable() {
         )
         .expect("chmod");
     }
-    p.remove("build");
-    ttv_with_umask(&p, 0o022, &["build"]).success();
+    let again = ttv_with_umask(&p, 0o022, &["--json", "build"]);
+    assert_eq!(count(&again.success().json(), "generated"), 0);
     assert_eq!(mode(&p.path("build/final.mp4")), 0o444);
     assert_eq!(mode(&p.path(blob_of(&report, "final"))), 0o444);
 
