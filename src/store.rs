@@ -384,7 +384,7 @@ impl Store {
         };
         // Another ttv may have found the same damage: one rebuilds it, the others then find
         // the rebuilt database.
-        let _lock = RecoveryLock::take(dir)?;
+        let _lock = recovery_lock(dir)?;
         if damage_on_disk(dir, &db_path).is_none()
             && let Ok(conn) = connect(&db_path)
         {
@@ -417,11 +417,12 @@ impl Store {
     }
 
     /// Moves a damaged database aside (`ttv.db.damaged-TIME`, with its WAL) and makes a new one
-    /// from what can be trusted: the results build/manifest.json lists whose blobs are intact
-    /// (blobs are named by their bytes). Those cost nothing at the next build; the other blobs
+    /// from what can be trusted, each result checked against its blob (blobs are named by their
+    /// bytes): the rows still readable in the damaged file ([`Store::salvage`]), then the
+    /// results build/manifest.json lists. Those cost nothing at the next build; other blobs
     /// stay on disk, unindexed. `why` says what was found, for the warning.
     pub fn rebuild(dir: &Path, why: &str) -> Result<Store> {
-        let _lock = RecoveryLock::take(dir)?;
+        let _lock = recovery_lock(dir)?;
         Store::rebuild_locked(dir, why)
     }
 
@@ -674,8 +675,9 @@ impl Store {
         Ok(st.query_row([key], hit_from_row).optional()?)
     }
 
-    /// A result recovered from build/manifest.json for this node (see
-    /// [`Store::recover_from_manifest`]) that is a take of the recipe whose keys `key_at` gives.
+    /// A result recovered from build/manifest.json for this node, whose base key was lost with
+    /// the database (see [`Store::recover_from_manifest`]), that is a take of the recipe whose
+    /// keys `key_at` gives. The plan asks when the recipe has no take of its own.
     pub fn recovered_take(
         &self,
         node_id: &str,
@@ -1018,25 +1020,23 @@ where
     rows.map_while(Result::ok).collect()
 }
 
-/// Held while a damaged database is moved aside and rebuilt (`.ttv/recover.lock`; not the
-/// build lock, which the process that finds the damage may already hold).
-struct RecoveryLock {
-    _file: File,
+/// Taken while a damaged database is moved aside and rebuilt (`.ttv/recover.lock`; not the
+/// build lock, which the process that finds the damage may already hold). Held until dropped.
+fn recovery_lock(dir: &Path) -> Result<File> {
+    let path = dir.join("recover.lock");
+    let file = open_lock_file(&path)?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
-impl RecoveryLock {
-    fn take(dir: &Path) -> Result<RecoveryLock> {
-        let path = dir.join("recover.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
-        Ok(RecoveryLock { _file: file })
-    }
+fn open_lock_file(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 pub struct ReadSnapshot<'a> {
@@ -1236,12 +1236,7 @@ impl BuildLock {
     pub fn acquire(dir: &Path, wait: bool, on_wait: impl FnOnce()) -> Result<BuildLock> {
         fs::create_dir_all(dir)?;
         let path = dir.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
