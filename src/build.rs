@@ -20,7 +20,7 @@ use crate::media::Media;
 use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
 use crate::recipe::{Body, FrameRecipe, Recipe, SegmentRecipe};
 use crate::stitch;
-use crate::store::{Action, BlobStore, BuildRecord, Hit, Store, now_secs};
+use crate::store::{self, Action, BlobStore, BuildRecord, Hit, Store, now_secs};
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -409,7 +409,10 @@ impl Runner {
             .await
             .unwrap_or_else(|e| Outcome::Failed {
                 plan: None,
-                error: format!("{e:#}"),
+                error: match store::advice(&e, || self.store.db_path()) {
+                    Some(help) => format!("{e:#}; {help}"),
+                    None => format!("{e:#}"),
+                },
                 cost_usd: 0.0,
             })
     }

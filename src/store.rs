@@ -382,15 +382,22 @@ impl Store {
                 Err(e) => damage_in(&e).ok_or(e)?,
             },
         };
-        // Another ttv may have found the same damage: one rebuilds it, the others then find
-        // the rebuilt database.
-        let _lock = recovery_lock(dir)?;
+        // Moving the database aside from under a running build would lose what that build
+        // records next: it is rebuilt only while no other ttv holds the project.
+        let Some(_lock) = BuildLock::try_acquire(dir)? else {
+            bail!(
+                "the cache database {} is damaged ({damage}), and another ttv command is using this project (it holds {}): run this again when it ends, and the database will be moved aside and rebuilt",
+                db_path.display(),
+                dir.join("lock").display()
+            );
+        };
+        // Another ttv may have rebuilt it meanwhile.
         if damage_on_disk(dir, &db_path).is_none()
             && let Ok(conn) = connect(&db_path)
         {
             return Ok(Store::with(dir, conn));
         }
-        Store::rebuild_locked(dir, &damage)
+        Store::rebuild(dir, &damage)
     }
 
     fn with(dir: &Path, conn: Connection) -> Store {
@@ -404,6 +411,11 @@ impl Store {
             },
             db: Mutex::new(conn),
         }
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
     }
 
     /// Opens the cache if the project has one (read-only commands must not create it). Blobs
@@ -420,13 +432,9 @@ impl Store {
     /// from what can be trusted, each result checked against its blob (blobs are named by their
     /// bytes): the rows still readable in the damaged file ([`Store::salvage`]), then the
     /// results build/manifest.json lists. Those cost nothing at the next build; other blobs
-    /// stay on disk, unindexed. `why` says what was found, for the warning.
+    /// stay on disk, unindexed. `why` says what was found, for the warning. The caller holds
+    /// the build lock.
     pub fn rebuild(dir: &Path, why: &str) -> Result<Store> {
-        let _lock = recovery_lock(dir)?;
-        Store::rebuild_locked(dir, why)
-    }
-
-    fn rebuild_locked(dir: &Path, why: &str) -> Result<Store> {
         let db_path = dir.join(DB_FILE);
         let aside = dir.join(format!("{DB_FILE}.damaged-{}", now_secs()));
         let moved = match fs::rename(&db_path, &aside) {
@@ -700,7 +708,7 @@ impl Store {
     pub fn record_action(&self, a: &Action, recipe_json: &str) -> Result<()> {
         self.insert_action(a, recipe_json).map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
-                out_of_space(&self.dir.join(DB_FILE).display(), &f)
+                out_of_space(&self.db_path().display(), &f)
             }
             e => e.into(),
         })
@@ -1020,16 +1028,6 @@ where
     rows.map_while(Result::ok).collect()
 }
 
-/// Taken while a damaged database is moved aside and rebuilt (`.ttv/recover.lock`; not the
-/// build lock, which the process that finds the damage may already hold). Held until dropped.
-fn recovery_lock(dir: &Path) -> Result<File> {
-    let path = dir.join("recover.lock");
-    let file = open_lock_file(&path)?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
-}
-
 fn open_lock_file(path: &Path) -> Result<File> {
     fs::OpenOptions::new()
         .create(true)
@@ -1256,6 +1254,19 @@ impl BuildLock {
         }
         Ok(BuildLock { _file: file })
     }
+
+    /// Takes the lock if no other process holds it (None if one does).
+    pub fn try_acquire(dir: &Path) -> Result<Option<BuildLock>> {
+        let path = dir.join("lock");
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(BuildLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1292,6 +1303,14 @@ mod tests {
         }
     }
 
+    fn tiny_png() -> Vec<u8> {
+        let mut out = io::Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
     /// Issue 7: ffmpeg exited 0 after "Error writing trailer ... No space left on device", and
     /// its cut-short MP4 (an `ftyp`, media data, no `moov` index) was stored as a result.
     #[test]
@@ -1309,13 +1328,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("no `moov` box"), "{err}");
         assert!(err.to_string().ends_with("nothing was stored"), "{err}");
-        let png = {
-            let mut out = io::Cursor::new(Vec::new());
-            image::RgbImage::new(2, 2)
-                .write_to(&mut out, image::ImageFormat::Png)
-                .unwrap();
-            out.into_inner()
-        };
+        let png = tiny_png();
         let err = store
             .blobs
             .put_bytes(&png[..png.len() - 4], Media::Png)
@@ -1340,6 +1353,42 @@ mod tests {
                 .starts_with("no space left on device while writing .ttv/tmp/x"),
             "{full}"
         );
+    }
+
+    /// A damaged database is not moved aside while another ttv holds the project (a running
+    /// build would go on recording into the file moved aside); once it is free, it is.
+    #[test]
+    fn a_damaged_database_waits_for_the_project_to_be_free_before_it_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join(".ttv");
+        let png = tiny_png();
+        Store::open(&cache)
+            .unwrap()
+            .blobs
+            .put_bytes(&png, Media::Png)
+            .unwrap();
+        fs::write(cache.join(DB_FILE), "").unwrap();
+
+        let running = BuildLock::acquire(&cache, false, || {}).unwrap();
+        let err = Store::open(&cache)
+            .err()
+            .expect("refused while the project is held");
+        assert!(
+            err.to_string()
+                .contains("another ttv command is using this project"),
+            "{err}"
+        );
+        assert_eq!(fs::metadata(cache.join(DB_FILE)).unwrap().len(), 0);
+        drop(running);
+        Store::open(&cache).unwrap();
+        let aside = fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("ttv.db.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
     }
 
     /// A cache made by the first release (schema 1) is upgraded in place: its results are
