@@ -152,7 +152,8 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
         .into_iter()
         .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
         .collect();
-    let cost: f64 = drop.iter().map(|a| a.cost_usd).sum();
+    // Folded from +0.0: an empty f64 sum is -0.0, printed "$-0.00".
+    let cost = drop.iter().fold(0.0, |sum, a| sum + a.cost_usd);
     if !yes {
         session.progress_info(&format!(
             "gc would drop {} cache entries (${cost:.2} of generations no current node uses); run `ttv gc --yes` to drop them",
