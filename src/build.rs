@@ -16,10 +16,11 @@ use crate::backends::{
 };
 use crate::graph::NodeKind;
 use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
+use crate::media::Media;
 use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
 use crate::recipe::{Body, FrameRecipe, Recipe, SegmentRecipe};
 use crate::stitch;
-use crate::store::{Action, BlobStore, BuildRecord, Hit, Store, now_secs};
+use crate::store::{self, Action, BlobStore, BuildRecord, Hit, Store, now_secs};
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -216,6 +217,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         budget,
     });
     let started_at = now_secs();
+    runner.store.blobs.sweep_tmp();
     let s = &runner.session;
     let mut t = Tracker::new(s);
     // Nodes the plan found cached (with all their inputs cached) are placed in build/ right
@@ -560,7 +562,10 @@ impl Runner {
             .await
             .unwrap_or_else(|e| Outcome::Failed {
                 plan: None,
-                error: format!("{e:#}"),
+                error: match store::advice(&e, || self.store.db_path()) {
+                    Some(help) => format!("{e:#}; {help}"),
+                    None => format!("{e:#}"),
+                },
                 cost_usd: 0.0,
             })
     }
@@ -735,8 +740,9 @@ impl Runner {
         let path = self.store.blobs.path_of(&result.blob);
         if mat.place(&node.output, &path, &result.blob)? == Placed::CorruptBlob {
             return Err(anyhow!(
-                "the blob just stored for {} does not match its hash (disk problem?)",
-                node.id
+                "the blob just stored for {} at {} does not match its hash: the disk may be failing; run `ttv verify`, then build again",
+                node.id,
+                path.display()
             ));
         }
         Ok(Outcome::Done {
@@ -784,7 +790,7 @@ impl Runner {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("{rel}: {e}"))?;
-                let (h, size) = blobs.put_bytes(&png).map_err(fail)?;
+                let (h, size) = blobs.put_bytes(&png, Media::Png).map_err(fail)?;
                 Ok(Produced::new(h, size, "file", "", 0.0, "image/png"))
             }
             (Body::Frame(r), _) => {
@@ -820,7 +826,7 @@ impl Runner {
                         });
                     }
                 };
-                let (h, size) = blobs.put_bytes(&out.png).map_err(fail)?;
+                let (h, size) = blobs.put_bytes(&out.png, Media::Png).map_err(fail)?;
                 let mut p = Produced::new(
                     h,
                     size,
@@ -845,7 +851,7 @@ impl Runner {
                 stitch::stitch(&paths, &tmp, blobs.tmp_dir())
                     .await
                     .map_err(fail)?;
-                let (h, size) = blobs.put_file(tmp).map_err(fail)?;
+                let (h, size) = blobs.put_file(tmp, Media::Mp4).map_err(fail)?;
                 Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "video/mp4"))
             }
             _ => Err(format!("{}: recipe does not fit the node", node.id).into()),
@@ -889,7 +895,7 @@ impl Runner {
                 Ok(out) => {
                     let mut stored = Vec::new();
                     for mp4 in out.mp4s {
-                        stored.push(blobs.put_file(mp4).map_err(fail)?);
+                        stored.push(blobs.put_file(mp4, Media::Mp4).map_err(fail)?);
                     }
                     let cost = s
                         .prices

@@ -144,6 +144,13 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             say(&format!("ttv: error: {e:#}"));
+            let db = || {
+                project::find_root(cli.dir.as_deref())
+                    .map_or_else(|_| ".ttv/ttv.db".into(), |r| r.join(".ttv/ttv.db"))
+            };
+            if let Some(help) = crate::store::advice(&e, db) {
+                say(&format!("  help: {help}"));
+            }
             exit_code_for(&e)
         }
     }
@@ -220,7 +227,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 return Ok(EXIT_OK);
             };
             let _lock = BuildLock::acquire(&store.dir, Wait::Never, || {})?;
-            let bad = housekeeping::verify(&store, &progress, cli.json)?;
+            let bad = housekeeping::verify(store, &progress, cli.json)?;
             Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
         }
     }

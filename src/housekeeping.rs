@@ -1,6 +1,6 @@
 //! The commands around builds: `init`, `clean`, `gc`, `verify`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
@@ -8,10 +8,12 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::error::UsageError;
+use crate::materialize::BUILD_DIR;
+use crate::media::Media;
 use crate::plan::Session;
 use crate::progress::{Progress, emit};
 use crate::project::CONFIG_FILE;
-use crate::store::{BlobStore, BuildLock, Store, Wait};
+use crate::store::{BlobStore, BuildLock, Store, Wait, hash_file, write_error};
 
 const INIT_YAML: &str = r#"version: 1
 name: my-film
@@ -150,7 +152,8 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
         .into_iter()
         .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
         .collect();
-    let cost: f64 = drop.iter().map(|a| a.cost_usd).sum();
+    // Folded from +0.0: an empty f64 sum is -0.0, printed "$-0.00".
+    let cost = drop.iter().fold(0.0, |sum, a| sum + a.cost_usd);
     if !yes {
         session.progress_info(&format!(
             "gc would drop {} cache entries (${cost:.2} of generations no current node uses); run `ttv gc --yes` to drop them",
@@ -183,29 +186,109 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-/// Re-hashes every blob; removes damaged or missing ones from the index (and disk) so the
-/// next build makes them again. Returns how many were bad.
-pub fn verify(store: &Store, progress: &Progress, json_out: bool) -> Result<usize> {
+/// Checks the cache and repairs what it can, so that the next build makes what is lost:
+/// SQLite's integrity check of the database (a damaged one is moved aside and rebuilt, see
+/// [`Store::rebuild`]), then every blob re-hashed. A damaged or missing blob comes back from a
+/// file recorded with its bytes (an output in build/, a reference) that still has them;
+/// otherwise it is dropped, and so are the outputs in build/ that show its damaged bytes (with
+/// their stat-cache rows: the next build places or makes them again). Returns how many blobs
+/// were damaged or missing, plus one for a damaged database.
+pub fn verify(mut store: Store, progress: &Progress, json_out: bool) -> Result<usize> {
+    let problems = store.integrity_problems();
+    if !problems.is_empty() {
+        let dir = store.dir.clone();
+        drop(store);
+        let shown: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
+        store = Store::rebuild(
+            &dir,
+            &format!("SQLite's integrity check: {}", shown.join("; ")),
+        )?;
+    }
+    let root = store
+        .dir
+        .parent()
+        .context("the cache folder has no project folder")?
+        .to_path_buf();
     let blobs = store.all_blobs()?;
-    let mut bad = Vec::new();
+    let mut files_with: HashMap<String, Vec<String>> = HashMap::new();
+    for (path, stat) in store.file_stats()? {
+        files_with.entry(stat.hash).or_default().push(path);
+    }
+    let mut damaged = Vec::new();
+    let mut restored = Vec::new();
+    let mut forget = Vec::new();
     for (hash, _) in &blobs {
-        if !store.blobs.verify(hash)? {
-            progress.warn(&format!(
-                "blob {hash} is missing or damaged; the nodes that used it will be made again"
-            ));
-            let _ = fs::remove_file(store.blobs.path_of(hash));
-            bad.push(hash.clone());
+        if store.blobs.verify(hash)? {
+            continue;
+        }
+        damaged.push(hash.clone());
+        let blob_path = store.blobs.path_of(hash);
+        let _ = fs::remove_file(&blob_path);
+        let mut source = None;
+        for rel in files_with.get(hash).into_iter().flatten() {
+            let path = root.join(rel);
+            if hash_file(&path).is_ok_and(|(h, _)| h == *hash) {
+                source.get_or_insert_with(|| rel.clone());
+                continue;
+            }
+            // A link to the damaged blob, or a file changed since: an output must never show
+            // other bytes than its blob's.
+            if rel.starts_with(&format!("{BUILD_DIR}/")) {
+                let _ = fs::remove_file(&path);
+            }
+            forget.push(rel.clone());
+        }
+        match source {
+            Some(rel) if restore(&store, &root.join(&rel), hash)? => {
+                progress.warn(&format!(
+                    "blob {hash} was missing or damaged; restored it from {rel}"
+                ));
+                restored.push(hash.clone());
+            }
+            _ => {
+                progress.warn(&format!(
+                    "blob {hash} is missing or damaged; the nodes that used it will be made again"
+                ));
+                store.forget_blob(hash)?;
+            }
         }
     }
+    store.forget_file_stats(&forget)?;
     if json_out {
-        emit(&json!({"checked": blobs.len(), "damaged": bad}).to_string())?;
+        emit(
+            &json!({
+                "checked": blobs.len(),
+                "damaged": damaged,
+                "restored": restored,
+                "database": if problems.is_empty() { "ok" } else { "rebuilt" },
+                "database_problems": problems,
+            })
+            .to_string(),
+        )?;
     }
     progress.info(&format!(
-        "verified {} blobs: {} damaged",
+        "verified {} blobs: {} damaged ({} restored); database {}",
         blobs.len(),
-        bad.len()
+        damaged.len(),
+        restored.len(),
+        if problems.is_empty() {
+            "sound"
+        } else {
+            "damaged, rebuilt"
+        }
     ));
-    Ok(bad.len())
+    Ok(damaged.len() + usize::from(!problems.is_empty()))
+}
+
+/// Puts a copy of `source` back into the store as blob `hash`, if it still has those bytes.
+fn restore(store: &Store, source: &Path, hash: &str) -> Result<bool> {
+    let Some(media) = Media::sniff(source)? else {
+        return Ok(false);
+    };
+    let tmp = tempfile::NamedTempFile::new_in(store.blobs.tmp_dir())?.into_temp_path();
+    fs::copy(source, &tmp).map_err(|e| write_error(e, &tmp))?;
+    let (restored, _) = store.blobs.put_file(tmp, media)?;
+    Ok(restored == hash)
 }
 
 /// `2026-11-25 04:08` (UTC) for a unix time.

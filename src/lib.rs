@@ -13,6 +13,7 @@ pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
 pub mod materialize;
+pub mod media;
 pub mod models;
 pub mod plan;
 pub mod prices;

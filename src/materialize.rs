@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -11,10 +12,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::filehash::StatCache;
-use crate::store::hash_file;
+use crate::store::{blob_mode, file_mode, hash_file, write_error};
 
 pub const BUILD_DIR: &str = "build";
-const MANIFEST: &str = "manifest.json";
+pub const MANIFEST: &str = "manifest.json";
 
 /// What happened to one output file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,19 +40,37 @@ impl<'a> Materializer<'a> {
     /// True when `out` (`build/...`) already holds the blob named `hash`: one stat compared with
     /// the stat cache row written when it was placed, no read.
     pub fn is_current(&self, out: &str, hash: &str) -> bool {
-        let Ok(meta) = fs::metadata(self.root.join(out)) else {
-            return false;
-        };
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.lookup(out, &meta) == Some(hash)
+        fs::metadata(self.root.join(out)).is_ok_and(|meta| self.vouches(out, &meta, hash))
     }
 
-    /// Makes `out` (`build/...`) hold the blob at `blob_path` (named `hash`).
+    /// Whether the stat cache's row for `out` matches `meta` and names `hash`, and the file has
+    /// the mode of a blob (a link) or of a copy: an output an older ttv made owner-only is
+    /// placed again, which fixes its blob's mode.
+    fn vouches(&self, out: &str, meta: &fs::Metadata, hash: &str) -> bool {
+        let mode = meta.mode() & 0o777;
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.lookup(out, meta) == Some(hash) && (mode == blob_mode() || mode == file_mode())
+    }
+
+    /// Makes `out` (`build/...`) hold the blob at `blob_path` (named `hash`): a hard link to
+    /// it, or a copy when the blob is on another file system.
     pub fn place(&self, out: &str, blob_path: &Path, hash: &str) -> Result<Placed> {
-        if self.is_current(out, hash) {
+        let dest = self.root.join(out);
+        let blob =
+            fs::metadata(blob_path).with_context(|| format!("reading {}", blob_path.display()))?;
+        let existing = fs::metadata(&dest).ok();
+        let linked = existing
+            .as_ref()
+            .is_some_and(|m| m.dev() == blob.dev() && m.ino() == blob.ino());
+        // The stat cache vouches for the file's bytes; on the blob's file system the file must
+        // also still be the blob itself: a damaged blob replaced by good bytes leaves a link to
+        // the damaged one behind, which the stat cache alone would take for current.
+        if let Some(m) = &existing
+            && (linked || m.dev() != blob.dev())
+            && self.vouches(out, m, hash)
+        {
             return Ok(Placed::UpToDate);
         }
-        let dest = self.root.join(out);
         // A blob is checked against its name before it is shown to the user: a corrupt cache
         // entry must become a miss, never a wrong output.
         let (actual, _) =
@@ -59,6 +78,27 @@ impl<'a> Materializer<'a> {
         if actual != hash {
             return Ok(Placed::CorruptBlob);
         }
+        // Blobs of an older ttv are owner-only (0400); build/ shares their mode.
+        if blob.permissions().mode() & 0o777 != blob_mode() {
+            fs::set_permissions(blob_path, fs::Permissions::from_mode(blob_mode()))
+                .with_context(|| format!("setting the mode of {}", blob_path.display()))?;
+        }
+        // Already a link to the blob (a touched output, a copied project, the racy second of the
+        // stat cache): renaming a second link over it would do nothing and leave the temp name.
+        if !linked {
+            self.link_or_copy(blob_path, &dest)?;
+        }
+        let meta = fs::metadata(&dest)?;
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(out, &meta, hash);
+        Ok(Placed::Written)
+    }
+
+    /// Replaces `dest` with a hard link to `blob_path` (or a copy, which follows the umask like
+    /// any file the user makes), through a temp name beside it.
+    fn link_or_copy(&self, blob_path: &Path, dest: &Path) -> Result<()> {
         let dir = dest.parent().expect("outputs live under build/");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!(
@@ -69,17 +109,17 @@ impl<'a> Materializer<'a> {
             std::process::id()
         ));
         let _ = fs::remove_file(&tmp);
-        if fs::hard_link(blob_path, &tmp).is_err() {
-            fs::copy(blob_path, &tmp)
-                .with_context(|| format!("copying {} to {}", blob_path.display(), tmp.display()))?;
+        let placed = fs::hard_link(blob_path, &tmp)
+            .or_else(|_| {
+                fs::copy(blob_path, &tmp)?;
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(file_mode()))
+            })
+            .map_err(|e| write_error(e, &tmp))
+            .and_then(|()| fs::rename(&tmp, dest).map_err(|e| write_error(e, dest)));
+        if placed.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
-        let meta = fs::metadata(&dest)?;
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(out, &meta, hash);
-        Ok(Placed::Written)
+        placed
     }
 }
 
@@ -99,6 +139,14 @@ pub struct ManifestEntry {
 struct Manifest {
     project: String,
     outputs: Vec<ManifestEntry>,
+}
+
+/// The entries of build/manifest.json, if it is there and readable.
+pub fn read_manifest(root: &Path) -> Option<Vec<ManifestEntry>> {
+    let text = fs::read_to_string(root.join(BUILD_DIR).join(MANIFEST)).ok()?;
+    serde_json::from_str::<Manifest>(&text)
+        .ok()
+        .map(|m| m.outputs)
 }
 
 /// Writes build/manifest.json: this build's `outputs`, plus the entries of earlier builds whose

@@ -715,7 +715,10 @@ impl Session {
         let base_key = keys.at(0);
         let store = self.store.as_deref();
         let latest = match store {
-            Some(s) if base.is_generation() => s.latest_take(&base_key)?,
+            Some(s) if base.is_generation() => match s.latest_take(&base_key)? {
+                None => s.recovered_take(&self.graph.nodes[i].id, |t| keys.at(t))?,
+                latest => latest,
+            },
             _ => None,
         };
         let latest_take = latest.as_ref().map(|a| a.take);

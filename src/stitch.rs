@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::error::ProjectError;
+use crate::store::out_of_space;
 
 /// Stitch settings that define the output; part of the final node's recipe.
 pub const STITCH_VERSION: &str = "concat-v1";
@@ -55,6 +56,20 @@ pub fn ffmpeg_command() -> tokio::process::Command {
         // stops (a clip being encoded is finished), not straight to ffmpeg.
         .process_group(0);
     cmd
+}
+
+/// The line of ffmpeg's stderr that says the disk (or the file-size limit) is full. ffmpeg can
+/// exit 0 after "Error writing trailer ...: No space left on device", with a cut-short output.
+pub fn out_of_space_in(stderr: &[u8]) -> Option<String> {
+    const SIGNS: [&str; 3] = [
+        "No space left on device",
+        "Disk quota exceeded",
+        "File too large",
+    ];
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .map(|l| l.trim().to_string())
 }
 
 /// The last lines of a tool's stderr, for an error message.
@@ -321,6 +336,9 @@ async fn run_ffmpeg(args: &[OsString], what: &str) -> anyhow::Result<()> {
         .output()
         .await
         .with_context(|| format!("cannot run {}", ffmpeg_bin().display()))?;
+    if let Some(line) = out_of_space_in(&output.stderr) {
+        return Err(out_of_space(&"the final video", &line));
+    }
     if !output.status.success() {
         bail!(
             "ffmpeg could not {what} ({}):\n{}",

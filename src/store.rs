@@ -3,20 +3,28 @@
 //! row committed) before anything else happens to it.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::backends::{OperationLog, Pending};
+use crate::materialize::{BUILD_DIR, MANIFEST, read_manifest};
+use crate::media::Media;
+use crate::recipe::TakeKeys;
 
 /// The schema a cache is at: version 1 ([`SCHEMA`]) plus every step of [`MIGRATIONS`].
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 const SIGNATURE: &str = "ttv cache";
+const DB_FILE: &str = "ttv.db";
+/// The base key of a result recovered from build/manifest.json, before the node's node id.
+const RECOVERED_BASE: &str = "recovered:";
 
 const SCHEMA: &str = "
 CREATE TABLE schema_version(signature TEXT NOT NULL, version INTEGER NOT NULL);
@@ -183,9 +191,10 @@ pub struct BuildRecord {
 /// Content-addressed blobs by blake3 hash. The local folder today; a remote tier (S3/GCS)
 /// later sits behind the same calls.
 pub trait BlobStore: Send + Sync {
-    /// Moves a finished temp file in: hashes it, fsyncs, renames. Returns the hash and size.
-    fn put_file(&self, tmp: tempfile::TempPath) -> Result<(String, u64)>;
-    fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)>;
+    /// Moves a finished temp file in: checks it is a whole file of its media type, hashes it,
+    /// fsyncs, renames. Returns the hash and size. Nothing is kept when any step fails.
+    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)>;
+    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)>;
     /// The blob's path, if it is present with the expected size (a cheap check).
     fn get(&self, hash: &str, size: u64) -> Option<PathBuf>;
     /// Re-hashes a blob: true when its bytes match its name.
@@ -198,6 +207,10 @@ pub struct LocalBlobs {
     tmp: PathBuf,
 }
 
+/// Files in `.ttv/tmp` older than this were left by a build that was killed or lost power (a
+/// build's own temp files live minutes at most, under the build lock).
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
 impl LocalBlobs {
     pub fn path_of(&self, hash: &str) -> PathBuf {
         self.objects.join(&hash[..2]).join(&hash[2..])
@@ -207,21 +220,93 @@ impl LocalBlobs {
         &self.tmp
     }
 
+    /// Whether the blob is in place with exactly its bytes. A file of the right name is not
+    /// enough: one damaged on disk must be replaced when the same bytes are made again.
+    fn holds(&self, hash: &str, size: u64) -> bool {
+        self.get(hash, size)
+            .is_some_and(|p| hash_file(&p).is_ok_and(|(h, _)| h == hash))
+    }
+
+    /// Renames a checked, synced temp file to the blob's name (over a damaged blob of that name).
     fn install(&self, tmp: tempfile::TempPath, hash: &str) -> Result<()> {
         let dest = self.path_of(hash);
-        if dest.exists() {
-            // Same name, same bytes: the temp copy is simply dropped (and deleted).
-            return Ok(());
-        }
         let dir = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut perms = fs::metadata(&tmp)?.permissions();
-        perms.set_readonly(true);
-        fs::set_permissions(&tmp, perms)?;
+        fs::create_dir_all(dir).map_err(|e| write_error(e, dir))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(blob_mode()))
+            .with_context(|| format!("making {} read-only", tmp.display()))?;
         tmp.persist(&dest)
-            .with_context(|| format!("moving a new blob to {}", dest.display()))?;
+            .map_err(|e| write_error(e.error, &dest))?;
         File::open(dir).and_then(|d| d.sync_all()).ok();
         Ok(())
+    }
+
+    /// Removes the temp files that builds which ended abruptly left behind. Run under the build
+    /// lock.
+    pub fn sweep_tmp(&self) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let stale = entry.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
+            });
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// The mode of every blob: no write bits (a blob's bytes are its name), readable by whom the
+/// umask lets read. The files in build/ are hard links to blobs, so this is their mode too:
+/// 0444 under the usual umask 022, so other users can play final.mp4, and never writable,
+/// since writing through a link would change the cached blob.
+pub fn blob_mode() -> u32 {
+    0o444 & !umask()
+}
+
+/// The mode of a plain file the user's programs would make: what a copy in build/ gets.
+pub fn file_mode() -> u32 {
+    0o666 & !umask()
+}
+
+fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // POSIX reads the umask only by setting it. Meanwhile it is 077: a file another thread
+        // creates in that instant is made tighter, never looser.
+        // SAFETY: umask(2) cannot fail and touches no memory.
+        let old = unsafe { libc::umask(0o077) };
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        #[allow(clippy::useless_conversion, reason = "mode_t is u16 on macOS")]
+        u32::from(old)
+    })
+}
+
+/// Whether an I/O error means the disk (or the quota, or the file-size limit) is full.
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
+    )
+}
+
+/// The error for a full disk while writing `what`: what happened and what to do.
+pub fn out_of_space(what: &dyn Display, cause: &dyn Display) -> anyhow::Error {
+    anyhow!(
+        "no space left on device while writing {what} ({cause}): free space and build again; nothing partial was stored"
+    )
+}
+
+/// An error writing `path`, said plainly when the disk is full.
+pub fn write_error(e: io::Error, path: &Path) -> anyhow::Error {
+    if is_out_of_space(&e) {
+        out_of_space(&path.display(), &e)
+    } else {
+        anyhow::Error::new(e).context(format!("writing {}", path.display()))
     }
 }
 
@@ -243,27 +328,37 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 }
 
 impl BlobStore for LocalBlobs {
-    fn put_file(&self, tmp: tempfile::TempPath) -> Result<(String, u64)> {
+    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)> {
         File::open(&tmp)
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+            .map_err(|e| write_error(e, &tmp))?;
+        media
+            .check_file(&tmp)
+            .with_context(|| format!("reading {}", tmp.display()))?
+            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
         let (hash, size) = hash_file(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
-        self.install(tmp, &hash)?;
+        if !self.holds(&hash, size) {
+            self.install(tmp, &hash)?;
+        }
         Ok((hash, size))
     }
 
-    fn put_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
+    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)> {
+        media
+            .check_bytes(bytes)
+            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
         let hash = blake3::hash(bytes).to_hex().to_string();
-        if self.get(&hash, bytes.len() as u64).is_some() {
-            return Ok((hash, bytes.len() as u64));
+        let size = bytes.len() as u64;
+        if self.holds(&hash, size) {
+            return Ok((hash, size));
         }
-        let mut f = tempfile::NamedTempFile::new_in(&self.tmp)
-            .with_context(|| format!("creating a temp file in {}", self.tmp.display()))?;
+        let mut f =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| write_error(e, &self.tmp))?;
         f.write_all(bytes)
             .and_then(|_| f.as_file().sync_all())
-            .with_context(|| format!("writing a new blob to {}", self.tmp.display()))?;
+            .map_err(|e| write_error(e, f.path()))?;
         self.install(f.into_temp_path(), &hash)?;
-        Ok((hash, bytes.len() as u64))
+        Ok((hash, size))
     }
 
     fn get(&self, hash: &str, size: u64) -> Option<PathBuf> {
@@ -291,36 +386,253 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the cache in `dir` (the project's `.ttv`).
+    /// Opens (creating if needed) the cache in `dir` (the project's `.ttv`). A damaged database
+    /// is moved aside and rebuilt, with a warning (see [`Store::rebuild`]).
     pub fn open(dir: &Path) -> Result<Store> {
         let objects = dir.join("objects");
         let tmp = dir.join("tmp");
         for d in [dir, &objects, &tmp] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let db_path = dir.join("ttv.db");
-        let conn = Connection::open(&db_path)
-            .with_context(|| format!("opening the cache database {}", db_path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        set_wal(&conn)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Pages are read from the page cache of the OS, not copied into SQLite's own (a no-op
-        // build reads most of the index once per run).
-        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
-        migrate(&conn).with_context(|| format!("in {}", db_path.display()))?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            blobs: LocalBlobs { objects, tmp },
-            db: Mutex::new(conn),
-        })
+        let db_path = dir.join(DB_FILE);
+        let damage = match damage_on_disk(dir, &db_path) {
+            Some(why) => why,
+            None => match connect(&db_path) {
+                Ok(conn) => return Ok(Store::with(dir, conn)),
+                Err(e) => damage_in(&e).ok_or(e)?,
+            },
+        };
+        // Moving the database aside from under a running build would lose what that build
+        // records next: it is rebuilt only while no other ttv holds the project.
+        let Some(_lock) = BuildLock::try_acquire(dir)? else {
+            bail!(
+                "the cache database {} is damaged ({damage}), and another ttv command is using this project (it holds {}): run this again when it ends, and the database will be moved aside and rebuilt",
+                db_path.display(),
+                dir.join("lock").display()
+            );
+        };
+        // Another ttv may have rebuilt it meanwhile.
+        if damage_on_disk(dir, &db_path).is_none()
+            && let Ok(conn) = connect(&db_path)
+        {
+            return Ok(Store::with(dir, conn));
+        }
+        Store::rebuild(dir, &damage)
     }
 
-    /// Opens the cache if the project has one (read-only commands must not create it).
+    fn with(dir: &Path, conn: Connection) -> Store {
+        // The umask is read here, before the build's threads start (see `umask`).
+        umask();
+        Store {
+            dir: dir.to_path_buf(),
+            blobs: LocalBlobs {
+                objects: dir.join("objects"),
+                tmp: dir.join("tmp"),
+            },
+            db: Mutex::new(conn),
+        }
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    /// Opens the cache if the project has one (read-only commands must not create it). Blobs
+    /// without a database are a cache whose database was lost: it is rebuilt.
     pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
-        if dir.join("ttv.db").exists() {
+        if dir.join(DB_FILE).exists() || has_blobs(dir) {
             Store::open(dir).map(Some)
         } else {
             Ok(None)
+        }
+    }
+
+    /// Moves a damaged database aside (`ttv.db.damaged-TIME`, with its WAL) and makes a new one
+    /// from what can be trusted, each result checked against its blob (blobs are named by their
+    /// bytes): the rows still readable in the damaged file ([`Store::salvage`]), then the
+    /// results build/manifest.json lists. Those cost nothing at the next build; other blobs
+    /// stay on disk, unindexed. `why` says what was found, for the warning. The caller holds
+    /// the build lock.
+    pub fn rebuild(dir: &Path, why: &str) -> Result<Store> {
+        let db_path = dir.join(DB_FILE);
+        let aside = dir.join(format!("{DB_FILE}.damaged-{}", now_secs()));
+        let moved = match fs::rename(&db_path, &aside) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "the cache database {} is damaged ({why}) and cannot be moved aside",
+                        db_path.display()
+                    )
+                });
+            }
+        };
+        let wal = |db: &Path, suffix: &str| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        if moved {
+            let _ = fs::rename(wal(&db_path, "-wal"), wal(&aside, "-wal"));
+        } else {
+            let _ = fs::remove_file(wal(&db_path, "-wal"));
+        }
+        let _ = fs::remove_file(wal(&db_path, "-shm"));
+        let conn = connect(&db_path)?;
+        let store = Store::with(dir, conn);
+        let mut checked: HashMap<String, bool> = HashMap::new();
+        let mut intact = |hash: &str| {
+            *checked
+                .entry(hash.to_string())
+                .or_insert_with(|| store.blobs.verify(hash).unwrap_or(false))
+        };
+        let salvaged = if moved {
+            store.salvage(&aside, &mut intact)
+        } else {
+            0
+        };
+        let root = dir.parent().unwrap_or(Path::new("."));
+        let from_manifest = store.recover_from_manifest(root, &mut intact)?;
+        let was = if moved {
+            format!("moved it to {}", aside.display())
+        } else {
+            "there was nothing to move aside".into()
+        };
+        let manifest = format!("{BUILD_DIR}/{MANIFEST}");
+        let from_manifest = from_manifest.unwrap_or(0);
+        let rebuilt = match (salvaged, from_manifest) {
+            (0, 0) => format!(
+                "nothing could be recovered from it or {manifest}: the next build makes everything again"
+            ),
+            (n, 0) => format!("rebuilt it with the {n} result(s) still readable in it"),
+            (0, m) => format!("rebuilt it with {m} result(s) from {manifest}"),
+            (n, m) => format!(
+                "rebuilt it with the {n} result(s) still readable in it and {m} from {manifest}"
+            ),
+        };
+        let kept = if salvaged + from_manifest > 0 {
+            " (each checked against its blob: they cost nothing at the next build)"
+        } else {
+            ""
+        };
+        crate::progress::say(&format!(
+            "ttv: warning: the cache database {} was damaged ({why}); {was}; {rebuilt}{kept}; other blobs stay in {}, unindexed",
+            db_path.display(),
+            store.blobs.objects.display()
+        ));
+        Ok(store)
+    }
+
+    /// Reads back what can still be read of the damaged database at `aside` and can be checked:
+    /// the actions whose keys are the hashes of their recipe (so the recipe is theirs) and whose
+    /// blob is `intact`, with their takes and provenance; the node keys of the last build; the
+    /// video operations in flight, so that none is paid for twice. A table is read until its
+    /// first damaged page. Returns how many actions came back.
+    fn salvage(&self, aside: &Path, intact: &mut impl FnMut(&str) -> bool) -> usize {
+        let Ok(old) = Connection::open(aside) else {
+            return 0;
+        };
+        let mut actions = Vec::new();
+        let select = ACTION_SELECT.replace(" FROM actions", ", recipe_json FROM actions");
+        if let Ok(mut st) = old.prepare(&select)
+            && let Ok(rows) =
+                st.query_map([], |r| Ok((action_from_row(r)?, r.get::<_, String>(14)?)))
+        {
+            actions.extend(
+                rows.map_while(Result::ok)
+                    .filter(|(a, recipe)| keys_match(a, recipe) && intact(&a.blob)),
+            );
+        }
+        let saved: Vec<&str> = actions
+            .iter()
+            .filter(|(a, recipe)| self.record_action(a, recipe).is_ok())
+            .map(|(a, _)| a.key.as_str())
+            .collect();
+        let nodes: Vec<(String, String)> = read_rows(&old, "SELECT node_id, key FROM nodes")
+            .into_iter()
+            .filter(|(_, key): &(String, String)| saved.contains(&key.as_str()))
+            .collect();
+        let _ = self.set_node_keys(&nodes);
+        let operations: Vec<(String, String, String, i64, String, Option<String>)> = read_rows(
+            &old,
+            "SELECT key, backend, operation_name, submitted_at, state, detail FROM operations",
+        );
+        for op in operations {
+            let _ = self.conn().execute(
+                "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at,
+                    state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![op.0, op.1, op.2, op.3, op.4, op.5],
+            );
+        }
+        saved.len()
+    }
+
+    /// Indexes again the results build/manifest.json lists that the database lacks and whose
+    /// blobs are `intact`. Their recipes were only in the lost database: each is filed under
+    /// its node (see [`Store::recovered_take`]) with an empty recipe, so `explain` says it
+    /// cannot compare. The manifest's node keys become the last build's. Returns how many
+    /// results were added (None: no manifest).
+    fn recover_from_manifest(
+        &self,
+        root: &Path,
+        intact: &mut impl FnMut(&str) -> bool,
+    ) -> Result<Option<usize>> {
+        let Some(entries) = read_manifest(root) else {
+            return Ok(None);
+        };
+        let mut added = 0;
+        let mut nodes = Vec::new();
+        for e in &entries {
+            if self.hit(&e.key)?.is_some() {
+                nodes.push((e.node.clone(), e.key.clone()));
+                continue;
+            }
+            let path = self.blobs.path_of(&e.blob);
+            if e.blob.len() != 64 || !intact(&e.blob) {
+                continue;
+            }
+            let (Ok(Some(media)), Ok(meta)) = (Media::sniff(&path), fs::metadata(&path)) else {
+                continue;
+            };
+            self.record_action(
+                &Action {
+                    key: e.key.clone(),
+                    base_key: format!("{RECOVERED_BASE}{}", e.node),
+                    node_kind: e.node.split('/').next().unwrap_or_default().into(),
+                    node_id: e.node.clone(),
+                    blob: e.blob.clone(),
+                    media_type: media.mime().into(),
+                    backend: e.backend.clone(),
+                    model: String::new(),
+                    created_at: now_secs(),
+                    gen_ms: 0,
+                    cost_usd: e.cost_usd,
+                    take: e.take,
+                    size: meta.len(),
+                    provenance: None,
+                },
+                "{}",
+            )?;
+            added += 1;
+            nodes.push((e.node.clone(), e.key.clone()));
+        }
+        self.set_node_keys(&nodes)?;
+        Ok(Some(added))
+    }
+
+    /// What SQLite's integrity check finds wrong with the database (nothing: it is sound).
+    pub fn integrity_problems(&self) -> Vec<String> {
+        let conn = self.conn();
+        let rows = conn.prepare("PRAGMA integrity_check").and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        });
+        match rows {
+            Ok(rows) if rows == ["ok"] => Vec::new(),
+            Ok(rows) => rows,
+            Err(e) => vec![e.to_string()],
         }
     }
 
@@ -391,9 +703,38 @@ impl Store {
         Ok(st.query_row([key], hit_from_row).optional()?)
     }
 
+    /// A result recovered from build/manifest.json for this node, whose base key was lost with
+    /// the database (see [`Store::recover_from_manifest`]), that is a take of the recipe whose
+    /// keys `key_at` gives. The plan asks when the recipe has no take of its own.
+    pub fn recovered_take(
+        &self,
+        node_id: &str,
+        key_at: impl Fn(u32) -> String,
+    ) -> Result<Option<Hit>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!("{HIT_SELECT} WHERE base_key = ?1"))?;
+        let rows = st.query_map([format!("{RECOVERED_BASE}{node_id}")], hit_from_row)?;
+        for h in rows {
+            let h = h?;
+            if key_at(h.take) == h.key {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
     /// Records a result whose blob is already in place (so a crash between the two leaves at
     /// worst an unreferenced blob, never a row without its bytes).
     pub fn record_action(&self, a: &Action, recipe_json: &str) -> Result<()> {
+        self.insert_action(a, recipe_json).map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                out_of_space(&self.db_path().display(), &f)
+            }
+            e => e.into(),
+        })
+    }
+
+    fn insert_action(&self, a: &Action, recipe_json: &str) -> rusqlite::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -572,6 +913,25 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Forgets a blob that is gone for good (its actions stay, as history: a lookup of one
+    /// finds no blob and makes it again).
+    pub fn forget_blob(&self, hash: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM blobs WHERE hash = ?1", [hash])?;
+        Ok(())
+    }
+
+    /// Forgets the stat-cache rows of these files: the next build reads them again.
+    pub fn forget_file_stats(&self, paths: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for p in paths {
+            tx.execute("DELETE FROM file_hashes WHERE path = ?1", [p])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the given actions, and the blobs no remaining action references.
     pub fn delete_actions(&self, keys: &[String]) -> Result<Vec<String>> {
         let mut conn = self.conn();
@@ -591,6 +951,140 @@ impl Store {
         tx.commit()?;
         Ok(orphans)
     }
+}
+
+/// Opens the database file and brings its schema up to date.
+fn connect(db_path: &Path) -> Result<Connection> {
+    let conn = Connection::open(db_path)
+        .with_context(|| format!("opening the cache database {}", db_path.display()))?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    set_wal(&conn)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Pages are read from the page cache of the OS, not copied into SQLite's own (a no-op
+    // build reads most of the index once per run).
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    migrate(&conn).with_context(|| format!("in {}", db_path.display()))?;
+    Ok(conn)
+}
+
+/// What to do about an error that reached the top, when the cache database caused it: a
+/// damaged one is repaired by `ttv verify`; a full disk needs room. `db` names the database.
+pub fn advice(e: &anyhow::Error, db: impl FnOnce() -> PathBuf) -> Option<String> {
+    if damage_in(e).is_some() {
+        return Some(format!(
+            "the cache database {} is damaged: run `ttv verify`, which moves it aside and rebuilds it from the blobs and build/manifest.json",
+            db().display()
+        ));
+    }
+    let full = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+        )
+    });
+    full.then(|| {
+        format!(
+            "no space left on device for the cache database {}: free space and build again (its transactions are whole: nothing partial was stored)",
+            db().display()
+        )
+    })
+}
+
+/// SQLite's words for the damage an error reports, if it reports one.
+fn damage_in(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, msg))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Some(msg.clone().unwrap_or_else(|| f.to_string()))
+            }
+            _ => None,
+        })
+}
+
+/// Whether `.ttv/objects` holds anything.
+fn has_blobs(dir: &Path) -> bool {
+    fs::read_dir(dir.join("objects")).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Damage that a look at the database file's size and 100-byte header shows, before SQLite
+/// reads it (a cut-short file opens fine and fails later, at whichever query reaches past its
+/// end). Not a full check: `ttv verify` runs SQLite's.
+fn damage_on_disk(dir: &Path, db: &Path) -> Option<String> {
+    let meta = fs::metadata(db).ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    if len == 0 {
+        // SQLite would take an empty file for a new database, and everything would be paid
+        // for again.
+        let state = if meta.is_some() { "empty" } else { "missing" };
+        return has_blobs(dir).then(|| format!("it is {state}, while .ttv/objects holds results"));
+    }
+    // After a crash in a checkpoint the file can be shorter than its header says until SQLite
+    // finishes the checkpoint from the WAL: with a WAL, SQLite is the judge.
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
+    let mut head = [0u8; 100];
+    if File::open(db)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_err()
+    {
+        return Some(format!("it is cut short ({len} bytes)"));
+    }
+    if !head.starts_with(b"SQLite format 3\0") {
+        return Some("it is not an SQLite database".into());
+    }
+    let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("four bytes"));
+    let page_size = match u16::from_be_bytes([head[16], head[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    // The page count in the header is valid when the change counter matches its copy.
+    let expected = u64::from(be32(28)) * page_size;
+    (be32(24) == be32(92) && expected > len)
+        .then(|| format!("it is cut short ({len} of {expected} bytes)"))
+}
+
+/// Whether an action read back from a damaged database is what it says: its key is the hash of
+/// its recipe at its take, and its base key that of the same recipe at take 0.
+fn keys_match(a: &Action, recipe: &str) -> bool {
+    let Some(prefix) = recipe.strip_suffix(&format!("{}}}", a.take)) else {
+        return false;
+    };
+    if !prefix.ends_with("\"take\":") {
+        return false;
+    }
+    let keys = TakeKeys::new(&format!("{prefix}0}}"));
+    keys.at(0) == a.base_key && keys.at(a.take) == a.key
+}
+
+/// The rows of a query on a damaged database, up to the first that cannot be read.
+fn read_rows<T>(conn: &Connection, sql: &str) -> Vec<T>
+where
+    T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+{
+    let Ok(mut st) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let Ok(rows) = st.query_map([], |r| T::try_from(r)) else {
+        return Vec::new();
+    };
+    rows.map_while(Result::ok).collect()
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 pub struct ReadSnapshot<'a> {
@@ -800,12 +1294,7 @@ impl BuildLock {
     pub fn acquire(dir: &Path, wait: Wait, on_wait: impl FnOnce()) -> Result<BuildLock> {
         fs::create_dir_all(dir)?;
         let path = dir.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -830,6 +1319,19 @@ impl BuildLock {
             }
         }
         Ok(BuildLock { _file: file })
+    }
+
+    /// Takes the lock if no other process holds it (None if one does).
+    pub fn try_acquire(dir: &Path) -> Result<Option<BuildLock>> {
+        let path = dir.join("lock");
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(BuildLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
     }
 }
 
@@ -865,6 +1367,94 @@ mod tests {
                 .unwrap();
             assert_eq!(rows, 1);
         }
+    }
+
+    fn tiny_png() -> Vec<u8> {
+        let mut out = io::Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// Issue 7: ffmpeg exited 0 after "Error writing trailer ... No space left on device", and
+    /// its cut-short MP4 (an `ftyp`, media data, no `moov` index) was stored as a result.
+    #[test]
+    fn a_cut_short_result_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(".ttv")).unwrap();
+        let mut cut = tempfile::NamedTempFile::new_in(store.blobs.tmp_dir()).unwrap();
+        cut.write_all(
+            b"\0\0\0\x10ftypisom\0\0\x02\0\0\0\0\x10mdat\x01\x02\x03\x04\x05\x06\x07\x08",
+        )
+        .unwrap();
+        let err = store
+            .blobs
+            .put_file(cut.into_temp_path(), Media::Mp4)
+            .unwrap_err();
+        assert!(err.to_string().contains("no `moov` box"), "{err}");
+        assert!(err.to_string().ends_with("nothing was stored"), "{err}");
+        let png = tiny_png();
+        let err = store
+            .blobs
+            .put_bytes(&png[..png.len() - 4], Media::Png)
+            .unwrap_err();
+        assert!(err.to_string().contains("IEND"), "{err}");
+        for d in [&store.blobs.objects, &store.blobs.tmp] {
+            assert_eq!(
+                fs::read_dir(d).unwrap().count(),
+                0,
+                "{} is empty",
+                d.display()
+            );
+        }
+        assert!(store.all_blobs().unwrap().is_empty());
+
+        let full = write_error(
+            io::Error::from(io::ErrorKind::StorageFull),
+            Path::new(".ttv/tmp/x"),
+        );
+        assert!(
+            full.to_string()
+                .starts_with("no space left on device while writing .ttv/tmp/x"),
+            "{full}"
+        );
+    }
+
+    /// A damaged database is not moved aside while another ttv holds the project (a running
+    /// build would go on recording into the file moved aside); once it is free, it is.
+    #[test]
+    fn a_damaged_database_waits_for_the_project_to_be_free_before_it_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join(".ttv");
+        let png = tiny_png();
+        Store::open(&cache)
+            .unwrap()
+            .blobs
+            .put_bytes(&png, Media::Png)
+            .unwrap();
+        fs::write(cache.join(DB_FILE), "").unwrap();
+
+        let running = BuildLock::acquire(&cache, Wait::Never, || {}).unwrap();
+        let err = Store::open(&cache)
+            .err()
+            .expect("refused while the project is held");
+        assert!(
+            err.to_string()
+                .contains("another ttv command is using this project"),
+            "{err}"
+        );
+        assert_eq!(fs::metadata(cache.join(DB_FILE)).unwrap().len(), 0);
+        drop(running);
+        Store::open(&cache).unwrap();
+        let aside = fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("ttv.db.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
     }
 
     /// A cache made by the first release (schema 1) is upgraded in place: its results are

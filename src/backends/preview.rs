@@ -21,7 +21,7 @@ use super::{
     VideoCaps, VideoGenerator, VideoOutput, VideoRequest,
 };
 use crate::models::{self, ImageCaps, Resolution, VideoReferences};
-use crate::stitch::{ffmpeg_command, stderr_tail};
+use crate::stitch::{ffmpeg_command, out_of_space_in, stderr_tail};
 
 /// `TTV_PREVIEW_LATENCY_MS`: a simulated delay per generation, in milliseconds (benchmarks,
 /// tests of parallelism and interruption).
@@ -572,6 +572,10 @@ async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {
         .output()
         .await
         .map_err(|e| GenError::Permanent(format!("preview: cannot run ffmpeg: {e}")))?;
+    if let Some(line) = out_of_space_in(&output.stderr) {
+        let e = crate::store::out_of_space(&"a preview clip", &line);
+        return Err(GenError::Permanent(format!("preview: {e}")));
+    }
     if output.status.success() {
         Ok(())
     } else {

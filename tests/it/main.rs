@@ -7,5 +7,6 @@ mod fake_selftest;
 mod google;
 mod google_2026;
 mod reliability_cli;
+mod reliability_store;
 mod review_gate;
 mod support;

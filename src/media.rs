@@ -1,0 +1,291 @@
+//! What a produced file must be before the store keeps it: a whole PNG or a whole MP4. A
+//! generator, a download or ffmpeg that stops half way (a full disk, a cut connection) leaves
+//! a file that starts right and ends wrong, and ffmpeg may even exit 0 after "Error writing
+//! trailer": only the structure of the file tells. Headers and box headers are read, never the
+//! pixels or the frames.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// The media types the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    Png,
+    Mp4,
+}
+
+/// The last chunk of every PNG: length 0, `IEND`, its CRC.
+const PNG_END: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+
+/// Why a file is not a whole file of its media type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotWhole {
+    pub media: Media,
+    pub why: String,
+}
+
+impl fmt::Display for NotWhole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a whole {}: {}", self.media.name(), self.why)
+    }
+}
+
+impl std::error::Error for NotWhole {}
+
+impl Media {
+    /// The MIME type, as the cache's rows hold it.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Media::Png => "image/png",
+            Media::Mp4 => "video/mp4",
+        }
+    }
+
+    /// The media type a file's first bytes announce, if it is one the store holds.
+    pub fn sniff(path: &Path) -> io::Result<Option<Media>> {
+        let mut head = [0u8; 8];
+        let n = File::open(path)?.read(&mut head)?;
+        Ok(if head[..n].starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Media::Png)
+        } else if n == 8 && &head[4..8] == b"ftyp" {
+            Some(Media::Mp4)
+        } else {
+            None
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Media::Png => "PNG",
+            Media::Mp4 => "MP4",
+        }
+    }
+
+    /// Checks that the file at `path` is a whole file of this type.
+    pub fn check_file(self, path: &Path) -> io::Result<Result<(), NotWhole>> {
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        self.check(&mut f, len)
+    }
+
+    pub fn check_bytes(self, bytes: &[u8]) -> Result<(), NotWhole> {
+        self.check(&mut Cursor::new(bytes), bytes.len() as u64)
+            .expect("reading memory cannot fail")
+    }
+
+    fn check(self, r: &mut (impl Read + Seek), len: u64) -> io::Result<Result<(), NotWhole>> {
+        let why = match self {
+            Media::Png => png_problem(r, len)?,
+            Media::Mp4 => mp4_problem(r, len)?,
+        };
+        Ok(match why {
+            None => Ok(()),
+            Some(why) => Err(NotWhole { media: self, why }),
+        })
+    }
+}
+
+/// A PNG whose header decodes (a real image with dimensions) and that ends with its IEND chunk.
+fn png_problem(r: &mut (impl Read + Seek), len: u64) -> io::Result<Option<String>> {
+    let header =
+        image::ImageReader::with_format(io::BufReader::new(&mut *r), image::ImageFormat::Png)
+            .into_dimensions();
+    if let Err(e) = header {
+        return Ok(Some(format!("its header does not decode ({e})")));
+    }
+    if len < PNG_END.len() as u64 {
+        return Ok(Some("it is cut short".into()));
+    }
+    let mut end = [0u8; PNG_END.len()];
+    r.seek(SeekFrom::Start(len - PNG_END.len() as u64))?;
+    r.read_exact(&mut end)?;
+    Ok((end != PNG_END).then(|| "it does not end with its IEND chunk (cut short?)".into()))
+}
+
+/// One box header: its type and where the box ends.
+struct BoxHeader {
+    kind: [u8; 4],
+    end: u64,
+}
+
+/// Reads the header of the box at `at`, which must end by `limit`.
+fn box_at(
+    r: &mut (impl Read + Seek),
+    at: u64,
+    limit: u64,
+) -> io::Result<Result<BoxHeader, String>> {
+    if limit - at < 8 {
+        return Ok(Err(format!("{} stray bytes at its end", limit - at)));
+    }
+    let mut head = [0u8; 8];
+    r.seek(SeekFrom::Start(at))?;
+    r.read_exact(&mut head)?;
+    let kind: [u8; 4] = head[4..8].try_into().expect("four bytes");
+    let name = String::from_utf8_lossy(&kind).into_owned();
+    let (size, header) = match u32::from_be_bytes(head[..4].try_into().expect("four bytes")) {
+        0 => (limit - at, 8),
+        1 if limit - at >= 16 => {
+            let mut large = [0u8; 8];
+            r.read_exact(&mut large)?;
+            (u64::from_be_bytes(large), 16)
+        }
+        1 => return Ok(Err(format!("its `{name}` box is cut short"))),
+        n => (u64::from(n), 8),
+    };
+    if size < header {
+        return Ok(Err(format!(
+            "its `{name}` box has an impossible size ({size})"
+        )));
+    }
+    if size > limit - at {
+        return Ok(Err(format!(
+            "its `{name}` box needs {size} bytes and only {} are left (cut short?)",
+            limit - at
+        )));
+    }
+    Ok(Ok(BoxHeader {
+        kind,
+        end: at + size,
+    }))
+}
+
+/// The box types directly inside `[start, end)`, each checked to fit.
+fn boxes(
+    r: &mut (impl Read + Seek),
+    start: u64,
+    end: u64,
+) -> io::Result<Result<Vec<(BoxHeader, u64)>, String>> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        match box_at(r, at, end)? {
+            Ok(b) => {
+                let next = b.end;
+                out.push((b, at));
+                at = next;
+            }
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// An MP4 that starts with `ftyp`, whose top-level boxes tile the file exactly, and that has
+/// its `moov` (the index, written last by ffmpeg: the first thing a cut-short file lacks) with
+/// at least one track.
+fn mp4_problem(r: &mut (impl Read + Seek), len: u64) -> io::Result<Option<String>> {
+    let top = match boxes(r, 0, len)? {
+        Ok(top) => top,
+        Err(why) => return Ok(Some(why)),
+    };
+    if top.first().map(|(b, _)| &b.kind) != Some(b"ftyp") {
+        return Ok(Some("it does not start with an `ftyp` box".into()));
+    }
+    let Some((moov, at)) = top.iter().find(|(b, _)| &b.kind == b"moov") else {
+        return Ok(Some(
+            "it has no `moov` box (the index of the video: it was cut short)".into(),
+        ));
+    };
+    Ok(match boxes(r, at + 8, moov.end)? {
+        Ok(inner) if inner.iter().any(|(b, _)| &b.kind == b"trak") => None,
+        Ok(_) => Some("its `moov` box holds no track".into()),
+        Err(why) => Some(format!("inside `moov`: {why}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png() -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(4, 3, image::Rgb([1, 2, 3]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn mp4_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = (8 + body.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(body);
+        b
+    }
+
+    /// The box layout of ffmpeg's output with `+faststart`: ftyp, moov (with a track), mdat.
+    fn mp4() -> Vec<u8> {
+        let mut f = mp4_box(b"ftyp", b"isom\0\0\x02\0isomiso2mp41");
+        let trak = mp4_box(b"trak", &mp4_box(b"tkhd", &[0; 20]));
+        f.extend(mp4_box(
+            b"moov",
+            &[mp4_box(b"mvhd", &[0; 24]), trak].concat(),
+        ));
+        f.extend(mp4_box(b"mdat", &[7; 100]));
+        f
+    }
+
+    #[test]
+    fn whole_files_pass() {
+        assert_eq!(Media::Png.check_bytes(&png()), Ok(()));
+        assert_eq!(Media::Mp4.check_bytes(&mp4()), Ok(()));
+        // A trailing box that runs to the end (size 0), or a 64-bit size, is fine.
+        let mut open_ended = mp4();
+        open_ended.extend([0, 0, 0, 0]);
+        open_ended.extend(b"free");
+        open_ended.extend([0; 5]);
+        assert_eq!(Media::Mp4.check_bytes(&open_ended), Ok(()));
+        let mut large = mp4();
+        large.extend([0, 0, 0, 1]);
+        large.extend(b"free");
+        large.extend(20u64.to_be_bytes());
+        large.extend([0; 4]);
+        assert_eq!(Media::Mp4.check_bytes(&large), Ok(()));
+    }
+
+    #[test]
+    fn cut_short_or_foreign_files_fail_with_the_reason() {
+        let png = png();
+        let why = |m: Media, b: &[u8]| m.check_bytes(b).unwrap_err().why;
+        assert!(why(Media::Png, &png[..png.len() - 1]).contains("IEND"));
+        assert!(why(Media::Png, &png[..20]).contains("header"));
+        assert!(why(Media::Png, b"GIF89a").contains("header"));
+
+        let mp4 = mp4();
+        assert!(why(Media::Mp4, &mp4[..mp4.len() - 1]).contains("cut short"));
+        // ffmpeg's "Error writing trailer": ftyp and the media data, no index.
+        let no_moov = [
+            mp4_box(b"ftyp", b"isom\0\0\x02\0"),
+            mp4_box(b"mdat", &[7; 100]),
+        ]
+        .concat();
+        assert!(why(Media::Mp4, &no_moov).contains("no `moov`"));
+        let no_track = [
+            mp4_box(b"ftyp", b"isom\0\0\x02\0"),
+            mp4_box(b"moov", &mp4_box(b"mvhd", &[0; 24])),
+        ]
+        .concat();
+        assert!(why(Media::Mp4, &no_track).contains("no track"));
+        assert!(why(Media::Mp4, &png).contains("box"));
+        assert!(why(Media::Mp4, &[]).contains("ftyp"));
+        let err = Media::Mp4.check_bytes(&no_moov).unwrap_err();
+        assert!(err.to_string().starts_with("not a whole MP4: "), "{err}");
+    }
+
+    #[test]
+    fn sniff_tells_png_from_mp4() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes, media) in [
+            ("a.png", png(), Some(Media::Png)),
+            ("a.mp4", mp4(), Some(Media::Mp4)),
+            ("a.txt", b"hello".to_vec(), None),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            assert_eq!(Media::sniff(&p).unwrap(), media, "{name}");
+            if let Some(m) = media {
+                assert_eq!(m.check_file(&p).unwrap(), Ok(()));
+            }
+        }
+    }
+}
