@@ -1108,7 +1108,8 @@ fn provenance_json(p: &Provenance) -> Option<String> {
 
 /// Re-encodes any supported image as PNG (deterministic for the same input).
 fn to_png(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("not a readable image: {e}"))?;
+    let img =
+        crate::media::decode_bounded(bytes).map_err(|e| format!("not a usable image: {e}"))?;
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;

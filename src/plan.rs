@@ -1061,18 +1061,10 @@ fn generates_frame(project: &Project, graph: &Graph, i: usize) -> bool {
     }
 }
 
-/// Images up to this many pixels are decoded whole to prove they are readable; larger ones
-/// (a 481 KB PNG can hold 13000x13000 pixels, 680 MB decoded) are checked by their header.
-const FULL_CHECK_PIXELS: u64 = 40_000_000;
-
 /// Whether `bytes` are an image ttv can read: the header always, the pixels when that is cheap.
 fn check_image(bytes: &[u8]) -> Result<(), String> {
-    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .into_dimensions()
-        .map_err(|e| e.to_string())?;
-    if u64::from(w) * u64::from(h) <= FULL_CHECK_PIXELS {
+    let (w, h) = crate::media::dimensions(bytes)?;
+    if u64::from(w) * u64::from(h) <= crate::media::MAX_DECODE_PIXELS {
         image::load_from_memory(bytes).map_err(|e| e.to_string())?;
     }
     Ok(())

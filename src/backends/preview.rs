@@ -295,6 +295,12 @@ fn draw_png(req: &FrameRequest) -> Result<Vec<u8>, GenError> {
 }
 
 fn decode(input: &ImageInput) -> Result<RgbImage, GenError> {
+    // A picture too large to decode cheaply is shown as a grey tile: a preview is a sketch.
+    if crate::media::dimensions(&input.bytes)
+        .is_ok_and(|(w, h)| u64::from(w) * u64::from(h) > crate::media::MAX_DECODE_PIXELS)
+    {
+        return Ok(RgbImage::from_pixel(64, 64, Rgb([128, 128, 128])));
+    }
     image::load_from_memory(&input.bytes)
         .map(|img| img.to_rgb8())
         .map_err(|e| {
