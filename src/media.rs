@@ -195,6 +195,31 @@ fn mp4_problem(r: &mut (impl Read + Seek), len: u64) -> io::Result<Option<String
     })
 }
 
+/// Images up to this many pixels are decoded whole; larger ones (a 481 KB PNG can hold
+/// 13000x13000 pixels, 680 MB decoded) are judged by their header and not decoded.
+pub const MAX_DECODE_PIXELS: u64 = 40_000_000;
+
+/// The width and height an image's header gives, without decoding its pixels.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_dimensions()
+        .map_err(|e| e.to_string())
+}
+
+/// Decodes an image whose header says it is of a size ttv decodes ([`MAX_DECODE_PIXELS`]).
+pub fn decode_bounded(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    let (w, h) = dimensions(bytes)?;
+    if u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS {
+        return Err(format!(
+            "it is {w}x{h} pixels, more than ttv decodes ({} megapixels): resize it",
+            MAX_DECODE_PIXELS / 1_000_000
+        ));
+    }
+    image::load_from_memory(bytes).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,29 +313,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Images up to this many pixels are decoded whole; larger ones (a 481 KB PNG can hold
-/// 13000x13000 pixels, 680 MB decoded) are judged by their header and not decoded.
-pub const MAX_DECODE_PIXELS: u64 = 40_000_000;
-
-/// The width and height an image's header gives, without decoding its pixels.
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
-    image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .into_dimensions()
-        .map_err(|e| e.to_string())
-}
-
-/// Decodes an image whose header says it is of a size ttv decodes ([`MAX_DECODE_PIXELS`]).
-pub fn decode_bounded(bytes: &[u8]) -> Result<image::DynamicImage, String> {
-    let (w, h) = dimensions(bytes)?;
-    if u64::from(w) * u64::from(h) > MAX_DECODE_PIXELS {
-        return Err(format!(
-            "it is {w}x{h} pixels, more than ttv decodes ({} megapixels): resize it",
-            MAX_DECODE_PIXELS / 1_000_000
-        ));
-    }
-    image::load_from_memory(bytes).map_err(|e| e.to_string())
 }
