@@ -1,0 +1,491 @@
+//! Crashes (issue 7): `ttv build` killed with SIGKILL while Google works, against the fake
+//! Google service. A killed build leaves a database that opens and passes SQLite's integrity
+//! check, the next build finishes what was paid for, and nothing is paid twice: a Veo
+//! submission whose answer never arrived is reported, not sent again, until the user forces it.
+//! A frame request cut short may be sent again (an image is cheap).
+//!
+//! `torture_kill_nine` repeats the kill at random moments; `scripts/torture.sh` runs it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+
+use crate::google::{
+    ARRIVAL_END, ARRIVAL_MOTION, ARRIVAL_START, DREAM_MOTION, DREAM_START, FRAMES, Google,
+    SEGMENTS, STORM_MOTION,
+};
+use crate::support::fake_google::{Fault, Match, Route};
+use crate::support::project::{
+    Output, Project, Running, count, ffprobe_duration, generated_ids, ids_with_status, node,
+    nodes, set, str_field,
+};
+
+/// The prompts of the fixture's three frames (`FRAMES`).
+const FRAME_PROMPTS: &[&str] = &[ARRIVAL_START, ARRIVAL_END, DREAM_START];
+/// Each segment with its motion prompt, which identifies its Veo submissions.
+const MOTIONS: &[(&str, &str)] = &[
+    ("segment/arrival", ARRIVAL_MOTION),
+    ("segment/storm", STORM_MOTION),
+    ("segment/dream", DREAM_MOTION),
+];
+
+#[test]
+fn a_build_killed_while_google_holds_the_submit_answer_does_not_submit_again() {
+    let g = Google::new();
+    // Google starts the job, then holds its answer: the kill lands in the submit window.
+    g.fake.script(
+        Fault::Hang(Duration::from_secs(30)),
+        Match::prompt(STORM_MOTION).on(Route::VeoSubmit),
+        1,
+    );
+    let mut running = g.spawn(&["--json", "build", "segment/storm"]);
+    wait_for(&mut running, "Google to start the storm job", || {
+        !g.sent(Route::VeoSubmit, STORM_MOTION).is_empty() && g.fake.operations().len() == 1
+    });
+    running.kill();
+    assert_eq!(g.p.wait(running).code, None, "killed by a signal");
+    assert_eq!(
+        g.sent(Route::VeoSubmit, STORM_MOTION)[0].status,
+        0,
+        "ttv was killed before Google answered"
+    );
+    check_database(&g.p).unwrap();
+
+    // The next build does not send it again: it says what to check and how to resubmit.
+    let out = g.build(&["segment/storm"]);
+    out.code(1);
+    let storm = node(&out.json(), "segment/storm");
+    assert_eq!(storm["status"], "failed", "{storm:#}");
+    let error = str_field(&storm, "error");
+    for needle in [
+        "may have started a paid job",
+        "ended before its answer was recorded",
+        "ttv build --force segment/storm",
+    ] {
+        assert!(error.contains(needle), "`{needle}` in: {error}");
+    }
+    assert_eq!(g.fake.count(Route::VeoSubmit), 1, "nothing submitted again");
+    assert_eq!(g.fake.operations().len(), 1);
+
+    // The advice, to the letter: storm is sent exactly once more, the rest of the film once.
+    let report = g.build(&["--force", "segment/storm"]).success().json();
+    assert_eq!(count(&report, "failed"), 0, "{report:#}");
+    assert_eq!(g.sent(Route::VeoSubmit, STORM_MOTION).len(), 2);
+    assert_eq!(g.sent(Route::VeoSubmit, ARRIVAL_MOTION).len(), 1);
+    assert_eq!(g.sent(Route::VeoSubmit, DREAM_MOTION).len(), 1);
+    assert!(generated_ids(&report).contains("segment/storm"), "{report:#}");
+    check_outputs(&g.p, &report).unwrap();
+}
+
+#[test]
+fn a_build_killed_right_after_the_submit_answer_polls_the_same_operation() {
+    let g = Google::new();
+    g.fake.script(
+        Fault::NeverFinishes,
+        Match::prompt(STORM_MOTION).on(Route::VeoSubmit),
+        1,
+    );
+    let mut running = g.spawn(&["--json", "build", "segment/storm"]);
+    wait_for(&mut running, "the storm operation to be recorded", || {
+        recorded_operations(&g.p) == 1
+    });
+    running.kill();
+    assert_eq!(g.p.wait(running).code, None, "killed by a signal");
+    let operations = g.fake.operations();
+    assert_eq!(operations.len(), 1, "{operations:#?}");
+    check_database(&g.p).unwrap();
+
+    // The job finishes while no build watches it; the next build collects it.
+    g.fake.finish_stuck_operations();
+    g.fake.clear_requests();
+    let report = g.build(&["segment/storm"]).success().json();
+    assert_eq!(g.fake.count(Route::VeoSubmit), 0, "no new submission");
+    let polled = g.polled_operations();
+    assert!(
+        !polled.is_empty() && polled.iter().all(|n| *n == operations[0]),
+        "only {} is polled: {polled:#?}",
+        operations[0]
+    );
+    assert_eq!(node(&report, "segment/storm")["status"], "generated");
+    check_outputs(&g.p, &report).unwrap();
+}
+
+#[test]
+fn a_build_killed_during_a_frame_request_sends_it_again_and_completes() {
+    let g = Google::new();
+    g.fake.script(
+        Fault::Hang(Duration::from_secs(30)),
+        Match::prompt(ARRIVAL_START).on(Route::GenerateContent),
+        1,
+    );
+    // Only arrival's nodes: nothing else is in flight when the kill lands.
+    let mut running = g.spawn(&["--json", "build", "arrival"]);
+    wait_for(&mut running, "the arrival start frame request", || {
+        !g.sent(Route::GenerateContent, ARRIVAL_START).is_empty()
+    });
+    running.kill();
+    assert_eq!(g.p.wait(running).code, None, "killed by a signal");
+    check_database(&g.p).unwrap();
+
+    let report = g.build(&[]).success().json();
+    assert_eq!(count(&report, "failed"), 0, "{report:#}");
+    let mut all = set(FRAMES);
+    all.extend(set(SEGMENTS));
+    assert_eq!(generated_ids(&report), all, "{report:#}");
+    assert_eq!(
+        g.sent(Route::GenerateContent, ARRIVAL_START).len(),
+        2,
+        "the lost frame request is sent again: an image is cheap"
+    );
+    assert_eq!(g.fake.count(Route::GenerateContent), 4);
+    assert_eq!(g.fake.count(Route::VeoSubmit), 3);
+    check_outputs(&g.p, &report).unwrap();
+    g.p.ttv(&["verify"]).success();
+    let again = g.build(&[]).success().json();
+    assert_eq!(count(&again, "generated"), 0, "{again:#}");
+}
+
+/// The kill -9 trial, repeated: `TTV_TORTURE_TRIALS` trials (default 20) numbered from
+/// `TTV_TORTURE_FIRST` (default 0). Each trial's fake Google has its own latencies and polls,
+/// and its kill its own delay, all drawn from the trial's number.
+#[test]
+#[ignore = "a long trial: run it with scripts/torture.sh"]
+fn torture_kill_nine() {
+    let number = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}")))
+            .unwrap_or(default)
+    };
+    let trials = number("TTV_TORTURE_TRIALS", 20);
+    let first = number("TTV_TORTURE_FIRST", 0);
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    for n in first..first + trials {
+        let t = trial(n);
+        eprintln!("{}", t.line(n));
+        tally.add(&t);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "torture: trials={trials} corrupt={} paid_twice={} forced={} frames_resent={} \
+         stuck={} uncertain={} finished_before_kill={} seconds={secs:.0} ({:.2} s per trial)",
+        tally.corrupt,
+        tally.paid_twice,
+        tally.forced,
+        tally.frames_resent,
+        tally.stuck,
+        tally.uncertain,
+        tally.finished_before_kill,
+        secs / f64::from(trials.max(1))
+    );
+    assert_eq!(tally.corrupt, 0, "corrupt trials: see the lines above");
+    assert_eq!(tally.paid_twice, 0, "paid twice: see the lines above");
+    assert_eq!(tally.stuck, 0, "stuck trials: see the lines above");
+}
+
+/// Fake latencies per paid or polled route: enough for every request of a build.
+const LATENCIES_PER_ROUTE: usize = 12;
+/// Below the fixture's 2 s request timeout: a latency, not a lost answer.
+const MAX_LATENCY_MS: u64 = 300;
+const MAX_KILL_DELAY_MS: u64 = 1500;
+/// A build of the fixture takes a second or two; one that takes this long is stuck.
+const BUILD_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Trial {
+    kill_after: Duration,
+    finished_before_kill: bool,
+    /// Nodes the build after the kill reported as uncertain submissions.
+    uncertain: Vec<String>,
+    /// Veo submissions sent by the `--force` build, as the user asked.
+    forced: usize,
+    /// Veo submissions beyond one per segment that nobody asked for.
+    paid_twice: usize,
+    frames_resent: usize,
+    corrupt: Vec<String>,
+    stuck: Vec<String>,
+}
+
+impl Trial {
+    fn line(&self, n: u32) -> String {
+        let mut line = format!(
+            "trial {n}: kill after {} ms{}",
+            self.kill_after.as_millis(),
+            if self.finished_before_kill {
+                " (the build had finished)"
+            } else {
+                ""
+            }
+        );
+        if !self.uncertain.is_empty() {
+            line += &format!(", uncertain {:?}, forced {}", self.uncertain, self.forced);
+        }
+        if self.frames_resent > 0 {
+            line += &format!(", frames re-sent {}", self.frames_resent);
+        }
+        if self.paid_twice > 0 {
+            line += &format!(", PAID TWICE {}", self.paid_twice);
+        }
+        for c in &self.corrupt {
+            line += &format!("\n  CORRUPT: {c}");
+        }
+        for s in &self.stuck {
+            line += &format!("\n  STUCK: {s}");
+        }
+        line
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    corrupt: usize,
+    paid_twice: usize,
+    forced: usize,
+    frames_resent: usize,
+    stuck: usize,
+    uncertain: usize,
+    finished_before_kill: usize,
+}
+
+impl Tally {
+    fn add(&mut self, t: &Trial) {
+        self.corrupt += usize::from(!t.corrupt.is_empty());
+        self.paid_twice += t.paid_twice;
+        self.forced += t.forced;
+        self.frames_resent += t.frames_resent;
+        self.stuck += usize::from(!t.stuck.is_empty());
+        self.uncertain += t.uncertain.len();
+        self.finished_before_kill += usize::from(t.finished_before_kill);
+    }
+}
+
+/// A stream of numbers drawn from a trial's number (blake3's extendable output).
+struct Rng(blake3::OutputReader);
+
+impl Rng {
+    fn new(trial: u32) -> Rng {
+        let mut h = blake3::Hasher::new();
+        h.update(b"ttv torture trial").update(&trial.to_le_bytes());
+        Rng(h.finalize_xof())
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.0.fill(&mut b);
+        u64::from_le_bytes(b) % n
+    }
+}
+
+/// One kill -9 trial: a build killed after a random delay, the next build (and a `--force`
+/// build for each submission it reports uncertain), then every check.
+fn trial(n: u32) -> Trial {
+    let mut rng = Rng::new(n);
+    let g = Google::new();
+    g.fake.polls_before_done(rng.below(4) as u32);
+    for route in [Route::GenerateContent, Route::VeoSubmit, Route::VeoPoll] {
+        for _ in 0..LATENCIES_PER_ROUTE {
+            let latency = Duration::from_millis(rng.below(MAX_LATENCY_MS));
+            g.fake.script(Fault::Hang(latency), Match::route(route), 1);
+        }
+    }
+    let mut t = Trial {
+        kill_after: Duration::from_millis(rng.below(MAX_KILL_DELAY_MS)),
+        ..Trial::default()
+    };
+
+    let mut running = g.spawn(&["--json", "build"]);
+    std::thread::sleep(t.kill_after);
+    t.finished_before_kill = !running.is_running();
+    if !t.finished_before_kill {
+        running.kill();
+    }
+    g.p.wait(running);
+    if let Err(e) = check_database(&g.p) {
+        t.corrupt.push(format!("after the kill: {e}"));
+    }
+
+    let submits = |g: &Google| -> Vec<usize> {
+        MOTIONS
+            .iter()
+            .map(|(_, motion)| g.sent(Route::VeoSubmit, motion).len())
+            .collect()
+    };
+    let Some((report, unforced)) = finish(&g, &mut t, submits) else {
+        return t;
+    };
+    // Each segment is paid once by the builds, and once more by each `--force` the user ran.
+    let forced: Vec<usize> = submits(&g).iter().zip(&unforced).map(|(a, b)| a - b).collect();
+    t.forced = forced.iter().sum();
+    t.paid_twice = unforced
+        .iter()
+        .chain(&forced)
+        .map(|n| n.saturating_sub(1))
+        .sum();
+    t.frames_resent = FRAME_PROMPTS
+        .iter()
+        .map(|p| g.sent(Route::GenerateContent, p).len().saturating_sub(1))
+        .sum();
+    if let Err(e) = check_database(&g.p) {
+        t.corrupt.push(format!("after the builds: {e}"));
+    }
+    let built = nodes(&report)
+        .keys()
+        .filter(|id| id.starts_with("segment/"))
+        .count();
+    if built != SEGMENTS.len() {
+        t.corrupt.push(format!("{built} segments in the report: {report:#}"));
+    }
+    if let Err(e) = check_outputs(&g.p, &report) {
+        t.corrupt.push(e);
+    }
+    let verify = run_within(&g, &["verify"]);
+    if verify.code != Some(0) {
+        t.corrupt.push(format!("ttv verify failed:\n{}", verify.stderr));
+    }
+    let again = run_within(&g, &["--json", "build"]);
+    let noop = serde_json::from_str::<Value>(&again.stdout)
+        .is_ok_and(|r| again.code == Some(0) && count(&r, "generated") == 0);
+    if !noop {
+        t.stuck
+            .push(format!("the build after recovery is not a no-op:\n{}", story(&again)));
+    }
+    t
+}
+
+/// The build after the kill, and `--force` for each submission it reports uncertain (the
+/// user's part). The last report and the `submits` counted before the user's part, or None
+/// when the project is stuck.
+fn finish(
+    g: &Google,
+    t: &mut Trial,
+    submits: impl Fn(&Google) -> Vec<usize>,
+) -> Option<(Value, Vec<usize>)> {
+    let out = run_within(g, &["--json", "build"]);
+    if out.code == Some(0) {
+        return Some((out.json(), submits(g)));
+    }
+    let report: Value = match (out.code, serde_json::from_str(&out.stdout)) {
+        (Some(1), Ok(report)) => report,
+        _ => {
+            t.stuck.push(format!("the build after the kill:\n{}", story(&out)));
+            return None;
+        }
+    };
+    for id in ids_with_status(&report, "failed") {
+        let error = str_field(&nodes(&report)[&id], "error").to_owned();
+        if !error.contains(&format!("ttv build --force {id}")) {
+            t.stuck.push(format!("{id} failed after the kill: {error}"));
+        }
+        t.uncertain.push(id);
+    }
+    if !t.stuck.is_empty() {
+        return None;
+    }
+    let unforced = submits(g);
+    let mut args = vec!["--json", "build"];
+    for id in &t.uncertain {
+        args.extend(["--force", id.as_str()]);
+    }
+    let forced = run_within(g, &args);
+    if forced.code != Some(0) {
+        t.stuck
+            .push(format!("the --force build after the kill:\n{}", story(&forced)));
+        return None;
+    }
+    Some((forced.json(), unforced))
+}
+
+/// `ttv ARGS...` against the fake, killed if it runs longer than [`BUILD_LIMIT`].
+fn run_within(g: &Google, args: &[&str]) -> Output {
+    let running = g.spawn(args);
+    let pid = running.id().to_string();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(BUILD_LIMIT).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
+    let out = g.p.wait(running);
+    let _ = done.send(());
+    watchdog.join().expect("watchdog");
+    out
+}
+
+/// What a run printed, for a trial's report.
+fn story(out: &Output) -> String {
+    format!(
+        "{}\nexit code: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.command, out.code, out.stdout, out.stderr
+    )
+}
+
+/// The cache database, if the build got as far as making it, opens and passes SQLite's
+/// integrity check.
+fn check_database(p: &Project) -> Result<(), String> {
+    let path = p.path(".ttv/ttv.db");
+    if !path.exists() {
+        return Ok(());
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| format!("{} does not open: {e}", path.display()))?;
+    let verdict: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| format!("integrity check of {}: {e}", path.display()))?;
+    match verdict.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        problems => Err(format!("{}: {problems:?}", path.display())),
+    }
+}
+
+/// How many Veo operations the cache has recorded as submitted (0 while it has no database).
+fn recorded_operations(p: &Project) -> i64 {
+    let Ok(conn) = Connection::open_with_flags(
+        p.path(".ttv/ttv.db"),
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+    ) else {
+        return 0;
+    };
+    conn.query_row(
+        "SELECT COUNT(*) FROM operations WHERE state = 'submitted'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+/// Each segment of the report is in build/, an MP4 that ffprobe reads with a duration.
+fn check_outputs(p: &Project, report: &Value) -> Result<(), String> {
+    let outputs: BTreeMap<String, String> = nodes(report)
+        .into_iter()
+        .filter(|(id, _)| id.starts_with("segment/"))
+        .map(|(id, n)| (id, str_field(&n, "output").to_owned()))
+        .collect();
+    for (id, output) in outputs {
+        let path = p.path(&output);
+        let probed = std::panic::catch_unwind(|| ffprobe_duration(Path::new(&path)));
+        match probed {
+            Ok(d) if d > 0.0 => {}
+            Ok(d) => return Err(format!("{id}: {output} lasts {d} s")),
+            Err(_) => return Err(format!("{id}: ffprobe refuses {output}")),
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to 30 s) until `done`, while ttv runs.
+#[track_caller]
+fn wait_for(running: &mut Running, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(running.is_running(), "ttv ended before {what}");
+        assert!(Instant::now() < deadline, "no {what} within 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
