@@ -5,6 +5,10 @@
 # tests/it/crash.rs. Trials are numbered from TTV_TORTURE_FIRST (default 0); each trial's
 # latencies and kill delay are drawn from its number.
 #
+# The trials run cargo's ttv binary: when CARGO_TARGET_DIR is shared with other builds, give the
+# run a folder of its own (CARGO_TARGET_DIR=/tmp/ttv-torture scripts/torture.sh), or a build
+# elsewhere may replace the binary mid-run (the test checks that it did not).
+#
 #   scripts/torture.sh [TRIALS] [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."

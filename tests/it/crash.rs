@@ -19,7 +19,7 @@ use crate::google::{
     ARRIVAL_END, ARRIVAL_MOTION, ARRIVAL_START, DREAM_MOTION, DREAM_START, FRAMES, Google,
     SEGMENTS, STORM_MOTION,
 };
-use crate::support::fake_google::{Fault, Match, Route};
+use crate::support::fake_google::{Api, Fault, Match, Route};
 use crate::support::project::{
     Output, Project, Running, count, ffprobe_duration, generated_ids, ids_with_status, node,
     nodes, set, str_field,
@@ -164,6 +164,10 @@ fn torture_kill_nine() {
     };
     let trials = number("TTV_TORTURE_TRIALS", 20);
     let first = number("TTV_TORTURE_FIRST", 0);
+    // A build in a shared target folder can replace the binary mid-run; the figures would then
+    // mix two versions of ttv.
+    let binary = || blake3::hash(&std::fs::read(env!("CARGO_BIN_EXE_ttv")).expect("ttv binary"));
+    let tested = binary();
     let started = Instant::now();
     let mut tally = Tally::default();
     for n in first..first + trials {
@@ -184,6 +188,11 @@ fn torture_kill_nine() {
         tally.finished_before_kill,
         secs / f64::from(trials.max(1))
     );
+    assert!(
+        binary() == tested,
+        "{} changed during the trials (a build in a shared target folder?): run them again",
+        env!("CARGO_BIN_EXE_ttv")
+    );
     assert_eq!(tally.corrupt, 0, "corrupt trials: see the lines above");
     assert_eq!(tally.paid_twice, 0, "paid twice: see the lines above");
     assert_eq!(tally.stuck, 0, "stuck trials: see the lines above");
@@ -193,12 +202,16 @@ fn torture_kill_nine() {
 const LATENCIES_PER_ROUTE: usize = 12;
 /// Below the fixture's 2 s request timeout: a latency, not a lost answer.
 const MAX_LATENCY_MS: u64 = 300;
-const MAX_KILL_DELAY_MS: u64 = 1500;
+/// A build of the fixture with its film takes 1 to 2.5 s here: most kills land in it, a few
+/// after it.
+const MAX_KILL_DELAY_MS: u64 = 2000;
 /// A build of the fixture takes a second or two; one that takes this long is stuck.
 const BUILD_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct Trial {
+    /// Which API Veo is on: vertex, gemini, or fallback (vertex, then gemini).
+    api: &'static str,
     kill_after: Duration,
     finished_before_kill: bool,
     /// Nodes the build after the kill reported as uncertain submissions.
@@ -215,7 +228,8 @@ struct Trial {
 impl Trial {
     fn line(&self, n: u32) -> String {
         let mut line = format!(
-            "trial {n}: kill after {} ms{}",
+            "trial {n}: veo on {}, kill after {} ms{}",
+            self.api,
             self.kill_after.as_millis(),
             if self.finished_before_kill {
                 " (the build had finished)"
@@ -287,14 +301,40 @@ impl Rng {
 fn trial(n: u32) -> Trial {
     let mut rng = Rng::new(n);
     let g = Google::new();
+    // The stitched film too, so that a kill can land in ffmpeg.
+    g.p.edit_yaml(|yaml| yaml + "\nfinal:\n  output: final.mp4\n");
+    // Veo on Vertex, on the Gemini API (its own polls and downloads), or on Vertex falling
+    // back to the Gemini API for the segments Vertex refuses (their first submission).
+    let api = ["vertex", "gemini", "fallback"][rng.below(3) as usize];
+    match api {
+        "gemini" => g.p.replace_in_yaml("  api: vertex", "  api: gemini"),
+        "fallback" => {
+            g.p.replace_in_yaml(
+                "  max_retries: 3\n\nshots:",
+                "  max_retries: 3\n  fallback:\n    - backend: veo\n      api: gemini\n\nshots:",
+            );
+            for (_, motion) in MOTIONS {
+                let first = Match::prompt(motion).on(Route::VeoSubmit);
+                g.fake.script(Fault::Status403, first, 1);
+            }
+        }
+        _ => {}
+    }
     g.fake.polls_before_done(rng.below(4) as u32);
-    for route in [Route::GenerateContent, Route::VeoSubmit, Route::VeoPoll] {
+    let routes = [
+        Route::GenerateContent,
+        Route::VeoSubmit,
+        Route::VeoPoll,
+        Route::Download,
+    ];
+    for route in routes {
         for _ in 0..LATENCIES_PER_ROUTE {
             let latency = Duration::from_millis(rng.below(MAX_LATENCY_MS));
             g.fake.script(Fault::Hang(latency), Match::route(route), 1);
         }
     }
     let mut t = Trial {
+        api,
         kill_after: Duration::from_millis(rng.below(MAX_KILL_DELAY_MS)),
         ..Trial::default()
     };
@@ -310,10 +350,14 @@ fn trial(n: u32) -> Trial {
         t.corrupt.push(format!("after the kill: {e}"));
     }
 
+    // Submissions that may have started a job: refused ones (403) are free.
     let submits = |g: &Google| -> Vec<usize> {
         MOTIONS
             .iter()
-            .map(|(_, motion)| g.sent(Route::VeoSubmit, motion).len())
+            .map(|(_, motion)| {
+                let sent = g.sent(Route::VeoSubmit, motion);
+                sent.iter().filter(|r| r.status < 400).count()
+            })
             .collect()
     };
     let Some((report, unforced)) = finish(&g, &mut t, submits) else {
@@ -334,14 +378,13 @@ fn trial(n: u32) -> Trial {
     if let Err(e) = check_database(&g.p) {
         t.corrupt.push(format!("after the builds: {e}"));
     }
-    let built = nodes(&report)
-        .keys()
-        .filter(|id| id.starts_with("segment/"))
-        .count();
-    if built != SEGMENTS.len() {
-        t.corrupt.push(format!("{built} segments in the report: {report:#}"));
+    let mut film = set(SEGMENTS);
+    film.insert("final".into());
+    let built = nodes(&report).into_keys().filter(|id| film.contains(id));
+    if built.count() != film.len() {
+        t.corrupt.push(format!("the report lacks a video: {report:#}"));
     }
-    if let Err(e) = check_outputs(&g.p, &report) {
+    if let Err(e) = check_outputs(&g.p, &report).and_then(|()| check_manifest(&g.p)) {
         t.corrupt.push(e);
     }
     let verify = run_within(&g, &["verify"]);
@@ -460,12 +503,13 @@ fn recorded_operations(p: &Project) -> i64 {
     .unwrap_or(0)
 }
 
-/// Each segment of the report is in build/, an MP4 that ffprobe reads with a duration.
+/// Each video of the report (segments, the film) is in build/, an MP4 that ffprobe reads with
+/// a duration.
 fn check_outputs(p: &Project, report: &Value) -> Result<(), String> {
     let outputs: BTreeMap<String, String> = nodes(report)
         .into_iter()
-        .filter(|(id, _)| id.starts_with("segment/"))
         .map(|(id, n)| (id, str_field(&n, "output").to_owned()))
+        .filter(|(_, output)| output.ends_with(".mp4"))
         .collect();
     for (id, output) in outputs {
         let path = p.path(&output);
@@ -474,6 +518,25 @@ fn check_outputs(p: &Project, report: &Value) -> Result<(), String> {
             Ok(d) if d > 0.0 => {}
             Ok(d) => return Err(format!("{id}: {output} lasts {d} s")),
             Err(_) => return Err(format!("{id}: ffprobe refuses {output}")),
+        }
+    }
+    Ok(())
+}
+
+/// build/manifest.json parses, and each file it lists holds the blob it names.
+fn check_manifest(p: &Project) -> Result<(), String> {
+    let text = std::fs::read_to_string(p.path("build/manifest.json"))
+        .map_err(|e| format!("build/manifest.json: {e}"))?;
+    let manifest: Value =
+        serde_json::from_str(&text).map_err(|e| format!("build/manifest.json: {e}"))?;
+    let outputs = manifest["outputs"]
+        .as_array()
+        .ok_or_else(|| format!("no outputs in build/manifest.json: {text}"))?;
+    for entry in outputs {
+        let output = str_field(entry, "output");
+        let bytes = std::fs::read(p.path(output)).map_err(|e| format!("{output}: {e}"))?;
+        if blake3::hash(&bytes).to_hex().as_str() != str_field(entry, "blob") {
+            return Err(format!("{output} is not the blob build/manifest.json names"));
         }
     }
     Ok(())
@@ -488,4 +551,49 @@ fn wait_for(running: &mut Running, what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "no {what} within 30 s");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+#[test]
+fn a_build_killed_while_a_fallback_polls_resumes_the_fallback_operation() {
+    let g = Google::new();
+    g.p.replace_in_yaml(
+        "  max_retries: 3\n\nshots:",
+        "  max_retries: 3\n  fallback:\n    - backend: veo\n      api: gemini\n\nshots:",
+    );
+    // Vertex refuses storm (a permission it lacks), so the Gemini API makes it, slowly.
+    let storm = || Match::prompt(STORM_MOTION).on(Route::VeoSubmit);
+    g.fake.script(Fault::Status403, storm(), 1);
+    g.fake.script(Fault::NeverFinishes, storm(), 1);
+    let mut running = g.spawn(&["--json", "build", "segment/storm"]);
+    wait_for(&mut running, "a poll of the fallback's operation", || {
+        g.fake.count(Route::VeoPoll) > 0
+    });
+    running.kill();
+    assert_eq!(g.p.wait(running).code, None, "killed by a signal");
+    let submits = |api| {
+        g.sent(Route::VeoSubmit, STORM_MOTION)
+            .iter()
+            .filter(|r| r.api == Some(api))
+            .count()
+    };
+    assert_eq!((submits(Api::Vertex), submits(Api::Gemini)), (1, 1));
+
+    // The fallback's paid operation is collected; Vertex, which refused it, is not asked again
+    // (asking would replace the record of the operation, and lose it).
+    g.fake.script(Fault::Status403, storm(), 1);
+    g.fake.finish_stuck_operations();
+    let out = g.build(&["segment/storm"]);
+    out.success().stderr_contains(
+        "segment/storm: made by fallback veo (gemini-api) (the operation an earlier build \
+         submitted)",
+    );
+    assert_eq!(
+        (submits(Api::Vertex), submits(Api::Gemini)),
+        (1, 1),
+        "nothing is sent again"
+    );
+    let report = out.json();
+    let storm = node(&report, "segment/storm");
+    assert_eq!(str_field(&storm, "backend"), "veo (gemini-api)", "{storm:#}");
+    check_outputs(&g.p, &report).unwrap();
 }
