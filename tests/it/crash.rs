@@ -21,8 +21,8 @@ use crate::google::{
 };
 use crate::support::fake_google::{Api, Fault, Match, Route};
 use crate::support::project::{
-    Output, Project, Running, count, ffprobe_duration, generated_ids, ids_with_status, node,
-    nodes, set, str_field,
+    Output, Project, Running, count, ffprobe_duration, generated_ids, ids_with_status, node, nodes,
+    set, str_field,
 };
 
 /// The prompts of the fixture's three frames (`FRAMES`).
@@ -78,7 +78,10 @@ fn a_build_killed_while_google_holds_the_submit_answer_does_not_submit_again() {
     assert_eq!(g.sent(Route::VeoSubmit, STORM_MOTION).len(), 2);
     assert_eq!(g.sent(Route::VeoSubmit, ARRIVAL_MOTION).len(), 1);
     assert_eq!(g.sent(Route::VeoSubmit, DREAM_MOTION).len(), 1);
-    assert!(generated_ids(&report).contains("segment/storm"), "{report:#}");
+    assert!(
+        generated_ids(&report).contains("segment/storm"),
+        "{report:#}"
+    );
     check_outputs(&g.p, &report).unwrap();
 }
 
@@ -151,8 +154,9 @@ fn a_build_killed_during_a_frame_request_sends_it_again_and_completes() {
 }
 
 /// The kill -9 trial, repeated: `TTV_TORTURE_TRIALS` trials (default 20) numbered from
-/// `TTV_TORTURE_FIRST` (default 0). Each trial's fake Google has its own latencies and polls,
-/// and its kill its own delay, all drawn from the trial's number.
+/// `TTV_TORTURE_FIRST` (default 0). Each trial's fake Google has its own latencies, polls and
+/// API, and its kills their own delays, all drawn from the trial's number (the moment a kill
+/// lands in the build still varies from run to run).
 #[test]
 #[ignore = "a long trial: run it with scripts/torture.sh"]
 fn torture_kill_nine() {
@@ -178,13 +182,15 @@ fn torture_kill_nine() {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "torture: trials={trials} corrupt={} paid_twice={} forced={} frames_resent={} \
-         stuck={} uncertain={} finished_before_kill={} seconds={secs:.0} ({:.2} s per trial)",
+         stuck={} uncertain={} killed_twice={} finished_before_kill={} seconds={secs:.0} \
+         ({:.2} s per trial)",
         tally.corrupt,
         tally.paid_twice,
         tally.forced,
         tally.frames_resent,
         tally.stuck,
         tally.uncertain,
+        tally.killed_twice,
         tally.finished_before_kill,
         secs / f64::from(trials.max(1))
     );
@@ -213,6 +219,8 @@ struct Trial {
     /// Which API Veo is on: vertex, gemini, or fallback (vertex, then gemini).
     api: &'static str,
     kill_after: Duration,
+    /// The build after the kill is killed too, after this long.
+    kill_again_after: Option<Duration>,
     finished_before_kill: bool,
     /// Nodes the build after the kill reported as uncertain submissions.
     uncertain: Vec<String>,
@@ -237,6 +245,9 @@ impl Trial {
                 ""
             }
         );
+        if let Some(after) = self.kill_again_after {
+            line += &format!(", its next build killed after {} ms", after.as_millis());
+        }
         if !self.uncertain.is_empty() {
             line += &format!(", uncertain {:?}, forced {}", self.uncertain, self.forced);
         }
@@ -264,6 +275,7 @@ struct Tally {
     frames_resent: usize,
     stuck: usize,
     uncertain: usize,
+    killed_twice: usize,
     finished_before_kill: usize,
 }
 
@@ -275,6 +287,7 @@ impl Tally {
         self.frames_resent += t.frames_resent;
         self.stuck += usize::from(!t.stuck.is_empty());
         self.uncertain += t.uncertain.len();
+        self.killed_twice += usize::from(t.kill_again_after.is_some());
         self.finished_before_kill += usize::from(t.finished_before_kill);
     }
 }
@@ -296,8 +309,9 @@ impl Rng {
     }
 }
 
-/// One kill -9 trial: a build killed after a random delay, the next build (and a `--force`
-/// build for each submission it reports uncertain), then every check.
+/// One kill -9 trial: a build killed after a random delay (and in a third of the trials the
+/// build after it too), the next build (and a `--force` build for each submission it reports
+/// uncertain), then every check.
 fn trial(n: u32) -> Trial {
     let mut rng = Rng::new(n);
     let g = Google::new();
@@ -338,16 +352,23 @@ fn trial(n: u32) -> Trial {
         kill_after: Duration::from_millis(rng.below(MAX_KILL_DELAY_MS)),
         ..Trial::default()
     };
-
-    let mut running = g.spawn(&["--json", "build"]);
-    std::thread::sleep(t.kill_after);
-    t.finished_before_kill = !running.is_running();
-    if !t.finished_before_kill {
-        running.kill();
+    // A third of the trials kill the build that recovers from the first kill too.
+    if rng.below(3) == 0 {
+        t.kill_again_after = Some(Duration::from_millis(rng.below(MAX_KILL_DELAY_MS)));
     }
-    g.p.wait(running);
-    if let Err(e) = check_database(&g.p) {
-        t.corrupt.push(format!("after the kill: {e}"));
+    let kills = [Some(t.kill_after), t.kill_again_after];
+    for (n, after) in kills.into_iter().flatten().enumerate() {
+        let mut running = g.spawn(&["--json", "build"]);
+        std::thread::sleep(after);
+        let finished = !running.is_running();
+        if !finished {
+            running.kill();
+        }
+        t.finished_before_kill |= n == 0 && finished;
+        g.p.wait(running);
+        if let Err(e) = check_database(&g.p) {
+            t.corrupt.push(format!("after kill {}: {e}", n + 1));
+        }
     }
 
     // Submissions that may have started a job: refused ones (403) are free.
@@ -364,7 +385,11 @@ fn trial(n: u32) -> Trial {
         return t;
     };
     // Each segment is paid once by the builds, and once more by each `--force` the user ran.
-    let forced: Vec<usize> = submits(&g).iter().zip(&unforced).map(|(a, b)| a - b).collect();
+    let forced: Vec<usize> = submits(&g)
+        .iter()
+        .zip(&unforced)
+        .map(|(a, b)| a - b)
+        .collect();
     t.forced = forced.iter().sum();
     t.paid_twice = unforced
         .iter()
@@ -382,21 +407,25 @@ fn trial(n: u32) -> Trial {
     film.insert("final".into());
     let built = nodes(&report).into_keys().filter(|id| film.contains(id));
     if built.count() != film.len() {
-        t.corrupt.push(format!("the report lacks a video: {report:#}"));
+        t.corrupt
+            .push(format!("the report lacks a video: {report:#}"));
     }
     if let Err(e) = check_outputs(&g.p, &report).and_then(|()| check_manifest(&g.p)) {
         t.corrupt.push(e);
     }
     let verify = run_within(&g, &["verify"]);
     if verify.code != Some(0) {
-        t.corrupt.push(format!("ttv verify failed:\n{}", verify.stderr));
+        t.corrupt
+            .push(format!("ttv verify failed:\n{}", verify.stderr));
     }
     let again = run_within(&g, &["--json", "build"]);
     let noop = serde_json::from_str::<Value>(&again.stdout)
         .is_ok_and(|r| again.code == Some(0) && count(&r, "generated") == 0);
     if !noop {
-        t.stuck
-            .push(format!("the build after recovery is not a no-op:\n{}", story(&again)));
+        t.stuck.push(format!(
+            "the build after recovery is not a no-op:\n{}",
+            story(&again)
+        ));
     }
     t
 }
@@ -416,7 +445,8 @@ fn finish(
     let report: Value = match (out.code, serde_json::from_str(&out.stdout)) {
         (Some(1), Ok(report)) => report,
         _ => {
-            t.stuck.push(format!("the build after the kill:\n{}", story(&out)));
+            t.stuck
+                .push(format!("the build after the kill:\n{}", story(&out)));
             return None;
         }
     };
@@ -437,8 +467,10 @@ fn finish(
     }
     let forced = run_within(g, &args);
     if forced.code != Some(0) {
-        t.stuck
-            .push(format!("the --force build after the kill:\n{}", story(&forced)));
+        t.stuck.push(format!(
+            "the --force build after the kill:\n{}",
+            story(&forced)
+        ));
         return None;
     }
     Some((forced.json(), unforced))
@@ -489,10 +521,9 @@ fn check_database(p: &Project) -> Result<(), String> {
 
 /// How many Veo operations the cache has recorded as submitted (0 while it has no database).
 fn recorded_operations(p: &Project) -> i64 {
-    let Ok(conn) = Connection::open_with_flags(
-        p.path(".ttv/ttv.db"),
-        OpenFlags::SQLITE_OPEN_READ_WRITE,
-    ) else {
+    let Ok(conn) =
+        Connection::open_with_flags(p.path(".ttv/ttv.db"), OpenFlags::SQLITE_OPEN_READ_WRITE)
+    else {
         return 0;
     };
     conn.query_row(
@@ -536,7 +567,9 @@ fn check_manifest(p: &Project) -> Result<(), String> {
         let output = str_field(entry, "output");
         let bytes = std::fs::read(p.path(output)).map_err(|e| format!("{output}: {e}"))?;
         if blake3::hash(&bytes).to_hex().as_str() != str_field(entry, "blob") {
-            return Err(format!("{output} is not the blob build/manifest.json names"));
+            return Err(format!(
+                "{output} is not the blob build/manifest.json names"
+            ));
         }
     }
     Ok(())
@@ -594,6 +627,10 @@ fn a_build_killed_while_a_fallback_polls_resumes_the_fallback_operation() {
     );
     let report = out.json();
     let storm = node(&report, "segment/storm");
-    assert_eq!(str_field(&storm, "backend"), "veo (gemini-api)", "{storm:#}");
+    assert_eq!(
+        str_field(&storm, "backend"),
+        "veo (gemini-api)",
+        "{storm:#}"
+    );
     check_outputs(&g.p, &report).unwrap();
 }
