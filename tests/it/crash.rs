@@ -1,8 +1,8 @@
 //! Crashes (issue 7): `ttv build` killed with SIGKILL while Google works, against the fake
 //! Google service. A killed build leaves a database that opens and passes SQLite's integrity
-//! check, the next build finishes what was paid for, and nothing is paid twice: a Veo
-//! submission whose answer never arrived is reported, not sent again, until the user forces it.
-//! A frame request cut short may be sent again (an image is cheap).
+//! check, the next build finishes what was paid for (a fallback's operation too), and nothing
+//! is paid twice: a Veo submission whose answer never arrived is reported, not sent again, until
+//! the user forces it. A frame request cut short may be sent again (an image is cheap).
 //!
 //! `torture_kill_nine` repeats the kill at random moments; `scripts/torture.sh` runs it.
 
