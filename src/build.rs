@@ -878,8 +878,21 @@ impl Runner {
             None => None,
         };
         let references = self.project_references(&r.references).await?;
+        // A backend with a submission on record for this key is where the node resumes: the
+        // ones before it failed for good when it was sent, and sending to them again would
+        // replace that record (one per key) and lose the paid job (a fallback's operation
+        // after a crash or a poll timeout).
+        let resume_at = s
+            .videos
+            .iter()
+            .position(|vb| {
+                ctx.operations
+                    .pending(&ctx.key, &vb.generator.label())
+                    .is_some()
+            })
+            .unwrap_or(0);
         let mut errors = Vec::new();
-        for (n, vb) in s.videos.iter().enumerate() {
+        for (n, vb) in s.videos.iter().enumerate().skip(resume_at) {
             let req = VideoRequest {
                 recipe: SegmentRecipe {
                     model: vb.model.clone(),
@@ -902,11 +915,15 @@ impl Runner {
                         .video(g.name(), &vb.model, &video_cost(&req.recipe))
                         .unwrap_or(0.0);
                     if n > 0 {
+                        let why = if errors.is_empty() {
+                            "(the operation an earlier build submitted)".to_string()
+                        } else {
+                            format!("after: {}", errors.join("; "))
+                        };
                         s.progress.warn(&format!(
-                            "{}: made by fallback {} after: {}",
+                            "{}: made by fallback {} {why}",
                             ctx.node_id,
                             g.label(),
-                            errors.join("; ")
                         ));
                     }
                     let mut stored = stored.into_iter();

@@ -13,22 +13,22 @@ use crate::support::fake_google::{
     ACCESS_TOKEN, API_KEY, Api, Auth, FakeGoogle, Fault, Match, Recorded, Route, Times,
 };
 use crate::support::project::{
-    Output, Project, count, generated_ids, ids_with_status, node, set, str_field,
+    Output, Project, Running, count, generated_ids, ids_with_status, node, set, str_field,
 };
 
-const ARRIVAL_START: &str = "Wide shot: a lighthouse at dusk, the keeper on the rocks";
-const ARRIVAL_END: &str = "The keeper opens the lighthouse door, lantern raised";
-const DREAM_START: &str = "A sunlit meadow, the keeper asleep in the grass";
-const ARRIVAL_MOTION: &str = "Slow dolly in as the keeper climbs the steps";
-const STORM_MOTION: &str = "Camera cranes up the tower as rain starts";
-const DREAM_MOTION: &str = "Drifting handheld shot over the flowers";
+pub(crate) const ARRIVAL_START: &str = "Wide shot: a lighthouse at dusk, the keeper on the rocks";
+pub(crate) const ARRIVAL_END: &str = "The keeper opens the lighthouse door, lantern raised";
+pub(crate) const DREAM_START: &str = "A sunlit meadow, the keeper asleep in the grass";
+pub(crate) const ARRIVAL_MOTION: &str = "Slow dolly in as the keeper climbs the steps";
+pub(crate) const STORM_MOTION: &str = "Camera cranes up the tower as rain starts";
+pub(crate) const DREAM_MOTION: &str = "Drifting handheld shot over the flowers";
 
-const FRAMES: &[&str] = &[
+pub(crate) const FRAMES: &[&str] = &[
     "frame/arrival/start",
     "frame/arrival/end",
     "frame/dream/start",
 ];
-const SEGMENTS: &[&str] = &["segment/arrival", "segment/storm", "segment/dream"];
+pub(crate) const SEGMENTS: &[&str] = &["segment/arrival", "segment/storm", "segment/dream"];
 
 /// gemini-3.1-flash-image, per 1K image (the model registry's list price).
 const IMAGE_PRICE: f64 = 0.067;
@@ -77,6 +77,12 @@ impl Google {
         self.ttv(&full)
     }
 
+    /// Starts `ttv ARGS...` against the fake without waiting (to kill it, or wait for it).
+    pub(crate) fn spawn(&self, args: &[&str]) -> Running {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.p.spawn(args, &env)
+    }
+
     /// A build that must succeed; its report.
     pub(crate) fn build_ok(&self) -> Value {
         self.build(&[]).success().json()
@@ -115,7 +121,7 @@ impl Google {
     }
 
     /// The operation names of the Vertex polls so far, in order.
-    fn polled_operations(&self) -> Vec<String> {
+    pub(crate) fn polled_operations(&self) -> Vec<String> {
         self.fake
             .requests_to(Route::VeoPoll)
             .iter()
@@ -694,8 +700,7 @@ fn an_operation_unknown_on_resume_is_submitted_again_with_a_warning() {
 fn a_build_killed_while_polling_resumes_the_same_operation() {
     let g = Google::new();
     g.fake.polls_before_done(8);
-    let env: Vec<(&str, &str)> = g.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut running = g.p.spawn(&["--json", "build", "segment/arrival"], &env);
+    let mut running = g.spawn(&["--json", "build", "segment/arrival"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while g.fake.count(Route::VeoPoll) < 1 {
         assert!(

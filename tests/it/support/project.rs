@@ -296,6 +296,11 @@ impl Running {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// The process id, for a watchdog that must kill it from another thread.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL on Unix: the process gets no chance to clean up, as after a crash or power loss.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill ttv");
