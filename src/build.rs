@@ -719,9 +719,13 @@ impl Runner {
             }
             .canonical_json()
         };
-        for a in &made {
-            self.store.record_action(a, &recipe_json(a.take))?;
-        }
+        let recipes: Vec<String> = made.iter().map(|a| recipe_json(a.take)).collect();
+        let rows: Vec<(&Action, &str)> = made
+            .iter()
+            .zip(&recipes)
+            .map(|(a, r)| (a, r.as_str()))
+            .collect();
+        self.store.record_actions(&rows)?;
         self.store.clear(&plan.key)?;
         // The node uses its pinned take, else the latest.
         let pinned = s.pinned_take(i).is_some();

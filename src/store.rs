@@ -726,7 +726,13 @@ impl Store {
     /// Records a result whose blob is already in place (so a crash between the two leaves at
     /// worst an unreferenced blob, never a row without its bytes).
     pub fn record_action(&self, a: &Action, recipe_json: &str) -> Result<()> {
-        self.insert_action(a, recipe_json).map_err(|e| match e {
+        self.record_actions(&[(a, recipe_json)])
+    }
+
+    /// Records the results of one request (the takes of one Veo operation) in one
+    /// transaction: a crash keeps all of them or none.
+    pub fn record_actions(&self, actions: &[(&Action, &str)]) -> Result<()> {
+        self.insert_actions(actions).map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
                 out_of_space(&self.db_path().display(), &f)
             }
@@ -734,9 +740,16 @@ impl Store {
         })
     }
 
-    fn insert_action(&self, a: &Action, recipe_json: &str) -> rusqlite::Result<()> {
+    fn insert_actions(&self, actions: &[(&Action, &str)]) -> rusqlite::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        for (a, recipe_json) in actions {
+            Self::insert_action(&tx, a, recipe_json)?;
+        }
+        tx.commit()
+    }
+
+    fn insert_action(tx: &Connection, a: &Action, recipe_json: &str) -> rusqlite::Result<()> {
         tx.execute(
             "INSERT OR IGNORE INTO blobs(hash, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![a.blob, a.size as i64, a.media_type, a.created_at],
@@ -763,7 +776,6 @@ impl Store {
                 a.provenance
             ],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -1207,21 +1219,33 @@ fn upgrade(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// `operations(operation_name, state, submitted_at, detail)`.
+type OperationRow = (String, String, i64, Option<String>);
+
 impl OperationLog for Store {
     fn pending(&self, key: &str, backend: &str) -> Option<Pending> {
         let conn = self.conn();
-        let mut st = conn
+        let row: rusqlite::Result<Option<OperationRow>> = conn
             .prepare_cached(
                 "SELECT operation_name, state, submitted_at, detail FROM operations
                  WHERE key = ?1 AND backend = ?2",
             )
-            .ok()?;
-        let row: (String, String, i64, Option<String>) = st
-            .query_row([key, backend], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-            .ok()??;
+            .and_then(|mut st| {
+                st.query_row([key, backend], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
+            });
+        // A record that cannot be read might be a paid job: never a reason to submit again.
+        let row = match row {
+            Ok(row) => row?,
+            Err(e) => {
+                return Some(Pending::Uncertain {
+                    since: now_secs(),
+                    detail: format!("the cache database could not be read ({e}): run `ttv verify`"),
+                });
+            }
+        };
         let (name, state, since, detail) = row;
         Some(match state.as_str() {
             "submitted" if !name.is_empty() => Pending::Operation(name),
