@@ -4,8 +4,7 @@
 /// Shared by the live page and the static contact sheet.
 pub const CSS: &str = r#"
 body { font-family: system-ui, sans-serif; margin: 0; background: #f4f4f2; color: #222; }
-header { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ccc;
-  padding: 0.6em 1em; z-index: 1; }
+header { background: #fff; border-bottom: 1px solid #ccc; padding: 0.6em 1em; }
 h1 { font-size: 1.2em; margin: 0 0 0.3em 0; }
 #totals span { margin-right: 1.5em; }
 #controls { margin-top: 0.4em; }
