@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ttv needs to build and test on Debian/Ubuntu: ffmpeg (preview clips, the final
-# video, and the tests' checks) and, if missing, a Rust toolchain; then runs the command given.
+# video, and the tests' checks), chromium and its WebDriver (the review page tests) and, if
+# missing, a Rust toolchain; then runs the command given.
 # Safe to run again: what is there already is not installed twice.
 set -euo pipefail
 
@@ -13,6 +14,10 @@ as_root() {
 missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# chromium and chromedriver: the tests drive the review page in a headless browser (Debian's
+# packages; they are looked for in /usr/bin).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq

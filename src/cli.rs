@@ -13,11 +13,11 @@ use crate::error::{
     EXIT_INTERRUPTED, EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for,
 };
 use crate::graph::NodeKind;
-use crate::housekeeping;
 use crate::plan::{Report, Session, Status};
 use crate::progress::{Progress, Verbosity, emit, say};
 use crate::project::{self, Project};
 use crate::store::{BuildLock, Store, Verdict, Wait};
+use crate::{decide, housekeeping};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,6 +91,20 @@ pub enum Command {
     /// Pin a take of a frame or segment: writes `take:`, `start_take:` or `end_take:` under the
     /// shot in ttv.yaml (that one line; comments and layout stay).
     Pin { node: String, take: u32 },
+    /// The storyboard in the browser: frames, takes, segments, prompts, statuses and costs, with
+    /// approve, reject, pin, reroll and build buttons. Served on 127.0.0.1 with a random token in
+    /// the printed URL.
+    Review {
+        /// Port to listen on (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Open the page in the browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+        /// Write build/review.html instead (no server, no buttons), for sharing.
+        #[arg(long = "static")]
+        static_: bool,
+    },
     /// What a build would generate, why, and what it would cost. No API call.
     Plan { targets: Vec<String> },
     /// Why a node would be generated (or that it is cached), field by field.
@@ -202,10 +216,26 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             }
             run_build(cli, &root, load, &opts, progress)
         }
+        Command::Review {
+            port,
+            open,
+            static_,
+        } => {
+            if *static_ {
+                let path = crate::review::write_static(&root)?;
+                emit(&path.display().to_string())?;
+            } else {
+                crate::review::serve(&root, *port, *open, &progress)?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Plan { targets } => plan(cli, load()?, targets, progress),
         Command::Explain { node, recipe } => explain(cli, load()?, node, *recipe, progress),
         Command::Doctor => doctor(cli, &load()?, progress),
-        Command::Pin { node, take } => pin(&load()?, node, *take, progress),
+        Command::Pin { node, take } => {
+            decide::pin(&load()?, node, *take, &progress)?;
+            Ok(EXIT_OK)
+        }
         Command::Approve { targets } => judge(cli, load()?, targets, Verdict::Approved, progress),
         Command::Reject { targets } => judge(cli, load()?, targets, Verdict::Rejected, progress),
         Command::Takes { node } => takes(cli, load()?, node, progress),
@@ -215,7 +245,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
         }
         Command::Gc { yes } => {
             let project = load()?;
-            let targets = all_targets(&project);
+            let targets = crate::graph::all_targets(&project);
             let session = Session::open(project, &targets, &[], progress.clone())?;
             let _lock = BuildLock::acquire(&session.project.cache_dir(), Wait::Never, || {})?;
             housekeeping::gc(&session, *yes, cli.json)?;
@@ -233,15 +263,6 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
     }
 }
 
-/// Every node of the graph: what gc must keep.
-fn all_targets(project: &Project) -> Vec<String> {
-    let mut t = vec!["frames".to_string(), "segments".to_string()];
-    if project.config.final_.is_some() {
-        t.push("final".into());
-    }
-    t
-}
-
 fn run_build(
     cli: &Cli,
     root: &Path,
@@ -249,6 +270,27 @@ fn run_build(
     opts: &BuildOptions,
     progress: Progress,
 ) -> Result<i32> {
+    let report = build_project(root, load, opts, progress)?;
+    if cli.json {
+        emit(&serde_json::to_string(&report)?)?;
+    }
+    Ok(if report.interrupted {
+        EXIT_INTERRUPTED
+    } else if report.failed > 0 {
+        EXIT_NODE_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `ttv build` without the printing of its JSON: plans, takes the project's build lock, checks
+/// the budget, builds, and says what happened on `progress`. The review page builds with it.
+pub(crate) fn build_project(
+    root: &Path,
+    load: impl Fn() -> Result<Project>,
+    opts: &BuildOptions,
+    progress: Progress,
+) -> Result<Report> {
     let started = Instant::now();
     let mut rerolls = opts.reroll.clone();
     rerolls.extend(opts.force.iter().cloned());
@@ -327,16 +369,7 @@ fn run_build(
             }
         }
     }
-    if cli.json {
-        emit(&serde_json::to_string(&report)?)?;
-    }
-    Ok(if report.interrupted {
-        EXIT_INTERRUPTED
-    } else if report.failed > 0 {
-        EXIT_NODE_FAILED
-    } else {
-        EXIT_OK
-    })
+    Ok(report)
 }
 
 /// A build estimated over its budget does not start (unless `--partial`); neither does one
@@ -370,35 +403,6 @@ fn check_budget(session: &Session, preview: &Report, opts: &BuildOptions) -> Res
     Ok(())
 }
 
-/// `ttv pin NODE N`.
-fn pin(project: &Project, node: &str, take: u32, progress: Progress) -> Result<i32> {
-    let graph = crate::graph::Graph::from_project(project);
-    let i = graph.index_of(node).ok_or_else(|| {
-        UsageError::new(format!(
-            "`{node}` is not a node id (`ttv plan -v` lists them)"
-        ))
-    })?;
-    let (shot, field) = match &graph.nodes[i].kind {
-        NodeKind::Frame { shot, role, .. } => (*shot, format!("{}_take", role.as_str())),
-        NodeKind::Segment { shot, .. } => (*shot, "take".to_string()),
-        _ => {
-            return Err(UsageError::new(format!(
-                "{node} has no takes to pin: only frames and segments do"
-            ))
-            .into());
-        }
-    };
-    if take == 0 {
-        return Err(UsageError::new("takes are numbered from 1").into());
-    }
-    project.set_shot_line(shot, &field, &take.to_string())?;
-    progress.info(&format!(
-        "pinned {node} to take {take} (`{field}: {take}` under shot `{}` in ttv.yaml)",
-        project.config.shots[shot].id
-    ));
-    Ok(EXIT_OK)
-}
-
 /// `ttv approve` / `ttv reject`: records the verdict on the current take of each frame named.
 fn judge(
     cli: &Cli,
@@ -407,47 +411,7 @@ fn judge(
     verdict: Verdict,
     progress: Progress,
 ) -> Result<i32> {
-    let session = Session::open(project, targets, &[], progress.clone())?;
-    let report = session.plan()?;
-    let Some(store) = &session.store else {
-        return Err(UsageError::new(
-            "nothing was built yet: run `ttv build frames`, look at the frames, then approve them",
-        )
-        .into());
-    };
-    let mut frames = Vec::new();
-    for t in targets {
-        for i in session.graph.resolve_target(&session.project, t)? {
-            if matches!(session.graph.nodes[i].kind, NodeKind::Frame { .. }) {
-                frames.push(i);
-            }
-        }
-    }
-    if frames.is_empty() {
-        return Err(UsageError::new(format!(
-            "{} names no frame: approve frames (frame/SHOT/start, frame/SHOT/end, a shot id, or \
-             `frames`)",
-            targets.join(" ")
-        ))
-        .into());
-    }
-    frames.sort_unstable();
-    frames.dedup();
-    let mut done = Vec::new();
-    for i in frames {
-        let id = &session.graph.nodes[i].id;
-        let node = report.nodes.iter().find(|n| &n.id == id);
-        let Some((blob, take)) = node.and_then(|n| Some((n.blob.clone()?, n.take?))) else {
-            return Err(UsageError::new(format!(
-                "{id} has not been made (or will be made again): run `ttv build {id}` and look \
-                 at it first"
-            ))
-            .into());
-        };
-        store.set_verdict(&blob, id, verdict)?;
-        progress.info(&format!("{} {id} (take {take})", verdict.as_str()));
-        done.push(json!({"id": id, "take": take, "blob": blob, "verdict": verdict.as_str()}));
-    }
+    let done = decide::judge(project, targets, verdict, &progress)?;
     if cli.json {
         emit(&json!({ "frames": done }).to_string())?;
     }

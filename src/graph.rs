@@ -269,3 +269,13 @@ impl Graph {
         Ok(found)
     }
 }
+
+/// Every node of the project (the groups that name them all): what gc keeps and the review page
+/// shows.
+pub fn all_targets(project: &Project) -> Vec<String> {
+    let mut t = vec!["frames".to_string(), "segments".to_string()];
+    if project.config.final_.is_some() {
+        t.push("final".into());
+    }
+    t
+}

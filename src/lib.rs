@@ -7,6 +7,7 @@
 pub mod backends;
 pub mod build;
 pub mod cli;
+pub mod decide;
 pub mod doctor;
 pub mod error;
 pub mod filehash;
@@ -20,6 +21,7 @@ pub mod prices;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod review;
 pub mod secret;
 pub mod stitch;
 pub mod store;

@@ -910,6 +910,16 @@ impl Store {
         Ok((n as usize, cost))
     }
 
+    /// What reusing cached work has saved, summed over every recorded build.
+    pub fn saved_by_builds(&self) -> Result<f64> {
+        let conn = self.conn();
+        Ok(
+            conn.query_row("SELECT COALESCE(SUM(saved_usd), 0) FROM builds", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
     /// Every action, for gc and verify.
     pub fn all_actions(&self) -> Result<Vec<Action>> {
         let conn = self.conn();

@@ -9,5 +9,6 @@ mod google;
 mod google_2026;
 mod reliability_cli;
 mod reliability_store;
+mod review;
 mod review_gate;
 mod support;
