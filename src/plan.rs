@@ -879,18 +879,14 @@ impl Session {
         let mut nodes = Vec::new();
         for &i in &self.needed {
             let node = &self.graph.nodes[i];
-            let waits_for: Vec<&str> = node
-                .deps
-                .iter()
-                .filter(|d| waiting.contains(d))
-                .map(|&d| self.graph.nodes[d].id.as_str())
-                .collect();
-            let dirty_deps: Vec<&str> = node
-                .deps
-                .iter()
-                .filter(|d| dirty.contains(d))
-                .map(|&d| self.graph.nodes[d].id.as_str())
-                .collect();
+            let deps_in = |set: &HashSet<usize>| -> Vec<&str> {
+                node.deps
+                    .iter()
+                    .filter(|d| set.contains(d))
+                    .map(|&d| self.graph.nodes[d].id.as_str())
+                    .collect()
+            };
+            let (waits_for, dirty_deps) = (deps_in(&waiting), deps_in(&dirty));
             let mut report = NodeReport {
                 id: node.id.clone(),
                 kind: node.kind_name(),
@@ -905,15 +901,20 @@ impl Session {
                 error: None,
                 cost_unknown: self.estimate(i).is_none(),
             };
-            if !waits_for.is_empty() {
+            // Held back for approval: costs nothing now, and what uses it waits too.
+            let mut hold = |report: &mut NodeReport, reasons: Vec<String>| {
                 waiting.insert(i);
                 report.status = Status::Waiting;
                 report.cost_usd = 0.0;
                 report.cost_unknown = false;
-                report.reasons = waits_for
+                report.reasons = reasons;
+            };
+            if !waits_for.is_empty() {
+                let reasons = waits_for
                     .iter()
                     .map(|d| format!("{d} is waiting for approval"))
                     .collect();
+                hold(&mut report, reasons);
             } else if dirty_deps.is_empty() {
                 let plan = self.plan_node(i, &blobs)?;
                 report.key = Some(plan.key.clone());
@@ -932,11 +933,7 @@ impl Session {
                     if held.is_empty() {
                         dirty.insert(i);
                     } else {
-                        waiting.insert(i);
-                        report.status = Status::Waiting;
-                        report.cost_usd = 0.0;
-                        report.cost_unknown = false;
-                        report.reasons = held;
+                        hold(&mut report, held);
                     }
                 }
             } else {
@@ -948,11 +945,7 @@ impl Session {
                         .map(|d| format!("input {d} will be regenerated"))
                         .collect();
                 } else {
-                    waiting.insert(i);
-                    report.status = Status::Waiting;
-                    report.cost_usd = 0.0;
-                    report.cost_unknown = false;
-                    report.reasons = held;
+                    hold(&mut report, held);
                 }
             }
             nodes.push(report);
