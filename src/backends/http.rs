@@ -270,6 +270,10 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
     if let Some(c) = CLIENT.get() {
         return Ok(c.clone());
     }
+    // One TLS crypto provider for the process: ring, the one gcp_auth (the OAuth client) is
+    // built with; reqwest is built without a provider of its own (`rustls-no-provider`).
+    // Installing fails only when one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // No redirect is followed for ttv: an API key or token must reach only the host it is
     // for, so a redirect is the caller's to follow (see [`download`]).
     let client = reqwest::Client::builder()

@@ -84,7 +84,7 @@ struct Client {
 impl Client {
     fn new(fake: &FakeGoogle) -> Client {
         Client {
-            http: reqwest::Client::new(),
+            http: crate::support::http().build().unwrap(),
             base: fake.base_url().to_owned(),
         }
     }
@@ -237,7 +237,7 @@ async fn generate_content_answers_a_real_png_and_records_the_request() {
 #[tokio::test]
 async fn api_key_is_required_in_the_header_or_the_query() {
     let fake = FakeGoogle::start();
-    let http = reqwest::Client::new();
+    let http = crate::support::http().build().unwrap();
     let url = format!(
         "{}/v1beta/models/{IMAGE_MODEL}:generateContent",
         fake.base_url()
@@ -422,7 +422,7 @@ async fn scripted_http_faults() {
         Match::route(Route::GenerateContent),
         1,
     );
-    let impatient = reqwest::Client::builder()
+    let impatient = crate::support::http()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -759,7 +759,7 @@ async fn service_account_token_exchange_with_gcp_auth() {
     );
     assert_eq!(recorded.status, 200);
 
-    let http = reqwest::Client::new();
+    let http = crate::support::http().build().unwrap();
     let url = format!("{}/token", fake.base_url());
     let assertion = &recorded.form["assertion"];
     let (head, _) = assertion.rsplit_once('.').unwrap();
@@ -1374,7 +1374,7 @@ async fn uncertain_outcomes_still_create_the_operation() {
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
     assert_eq!(fake.operations().len(), 2);
 
-    let impatient = reqwest::Client::builder()
+    let impatient = crate::support::http()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -1478,7 +1478,7 @@ async fn downloads_elsewhere_are_served_without_a_key_on_another_port() {
     fake.redirect_downloads_elsewhere(true);
     let uri = video_uri("redirected").await;
     assert!(uri.starts_with(fake.base_url()), "{uri}");
-    let manual = reqwest::Client::builder()
+    let manual = crate::support::http()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

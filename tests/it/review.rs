@@ -114,7 +114,7 @@ fn the_review_server_answers_on_localhost_only_and_refuses_requests_without_its_
     let yaml = p.read("ttv.yaml");
     let base = review.base();
     let statuses = runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = crate::support::http().build().unwrap();
         let mut out = Vec::new();
         for (path, body) in [
             (
