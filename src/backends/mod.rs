@@ -112,6 +112,24 @@ pub struct GenContext {
     pub resubmit: bool,
 }
 
+impl GenContext {
+    /// A new, empty temporary MP4 in `tmp_dir` (`{prefix}-XXXX.mp4`), removed when dropped
+    /// unless the store takes it.
+    pub fn temp_mp4(&self, prefix: &str) -> Result<tempfile::TempPath, GenError> {
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .suffix(".mp4")
+            .tempfile_in(&self.tmp_dir)
+            .map(tempfile::NamedTempFile::into_temp_path)
+            .map_err(|e| {
+                GenError::Permanent(format!(
+                    "{prefix}: cannot create a temporary file in {}: {e}",
+                    self.tmp_dir.display()
+                ))
+            })
+    }
+}
+
 /// A recorded submission of a long-running operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {

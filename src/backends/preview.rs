@@ -169,17 +169,7 @@ impl VideoGenerator for PreviewVideo {
         let mut mp4s = Vec::new();
         // Each sample zooms towards its own point, as Veo's samples differ.
         for sample in 0..r.sample_count.max(1) {
-            let out = tempfile::Builder::new()
-                .prefix("preview-")
-                .suffix(".mp4")
-                .tempfile_in(&ctx.tmp_dir)
-                .map_err(|e| {
-                    GenError::Permanent(format!(
-                        "preview: cannot create a temporary file in {}: {e}",
-                        ctx.tmp_dir.display()
-                    ))
-                })?
-                .into_temp_path();
+            let out = ctx.temp_mp4("preview")?;
             let seed = if sample == 0 {
                 req.key.clone()
             } else {

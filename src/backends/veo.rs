@@ -457,17 +457,7 @@ impl Veo {
         };
         let mut mp4s = Vec::new();
         for video in videos {
-            let path = tempfile::Builder::new()
-                .prefix("veo-")
-                .suffix(".mp4")
-                .tempfile_in(&ctx.tmp_dir)
-                .map_err(|e| {
-                    GenError::Permanent(format!(
-                        "cannot create a file in {}: {e}",
-                        ctx.tmp_dir.display()
-                    ))
-                })?
-                .into_temp_path();
+            let path = ctx.temp_mp4("veo")?;
             let fetched = match video {
                 VideoSource::Inline(b64) => {
                     let target = path.to_path_buf();
