@@ -17,7 +17,7 @@ use crate::plan::{Report, Session, Status};
 use crate::progress::{Progress, Verbosity, emit, say};
 use crate::project::{self, Project};
 use crate::store::{BuildLock, Store, Verdict, Wait};
-use crate::{decide, housekeeping};
+use crate::{decide, fastpath, housekeeping};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -214,6 +214,12 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             if max_cost.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
                 return Err(UsageError::new("--max-cost takes an amount in USD, 0 or more").into());
             }
+            let started = Instant::now();
+            if progress.verbosity() != Verbosity::Verbose
+                && let Some(noop) = fastpath::check(&root, &opts)
+            {
+                return answer_noop(cli, &noop, started, &progress);
+            }
             run_build(cli, &root, load, &opts, progress)
         }
         Command::Review {
@@ -244,6 +250,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Gc { yes } => {
+            fastpath::forget(&root);
             let project = load()?;
             let targets = crate::graph::all_targets(&project);
             let session = Session::open(project, &targets, &[], progress.clone())?;
@@ -252,6 +259,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Verify => {
+            fastpath::forget(&root);
             let Some(store) = Store::open_existing(&root.join(".ttv"))? else {
                 progress.info("no cache yet: nothing to verify");
                 return Ok(EXIT_OK);
@@ -283,6 +291,29 @@ fn run_build(
     })
 }
 
+/// A build the fast path found nothing to do for: the report of the last one, which was the
+/// same no-op.
+fn answer_noop(
+    cli: &Cli,
+    noop: &fastpath::Noop,
+    started: Instant,
+    progress: &Progress,
+) -> Result<i32> {
+    if cli.json {
+        emit(&noop.report_json)?;
+    }
+    let mut report = Report::from_nodes(Vec::new());
+    report.cached = noop.cached;
+    report.saved_usd = noop.saved_usd;
+    print_build_summary(
+        &report,
+        started.elapsed().as_secs_f64(),
+        Some("nothing changed since the last build"),
+        progress,
+    );
+    Ok(EXIT_OK)
+}
+
 /// `ttv build` without the printing of its JSON: plans, takes the project's build lock, checks
 /// the budget, builds, and says what happened on `progress`. The review page builds with it.
 pub(crate) fn build_project(
@@ -292,6 +323,7 @@ pub(crate) fn build_project(
     progress: Progress,
 ) -> Result<Report> {
     let started = Instant::now();
+    let mut watch = fastpath::Watch::start(root);
     let mut rerolls = opts.reroll.clone();
     rerolls.extend(opts.force.iter().cloned());
     let open = |project| Session::open(project, &opts.targets, &rerolls, progress.clone());
@@ -334,6 +366,7 @@ pub(crate) fn build_project(
             preview.cost_usd
         ));
     }
+    watch.inputs(&session);
     let total = session.needed.len() as u64;
     let session = session.with_progress(progress.clone().with_total(total));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -344,7 +377,9 @@ pub(crate) fn build_project(
     let reroll_context =
         (!opts.reroll.is_empty()).then(|| (session.project.config.clone(), session.graph.clone()));
     let report = runtime.block_on(build::build(session, opts))?;
-    print_build_summary(&report, started.elapsed().as_secs_f64(), &progress);
+    // The cache is closed now; the lock is still held.
+    watch.finish(opts, &report, !progress.warned());
+    print_build_summary(&report, started.elapsed().as_secs_f64(), None, &progress);
     for r in &opts.reroll {
         let Some((project_cfg, graph)) = &reroll_context else {
             break;
@@ -418,7 +453,7 @@ fn judge(
     Ok(EXIT_OK)
 }
 
-fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
+fn print_build_summary(report: &Report, seconds: f64, note: Option<&str>, progress: &Progress) {
     let failed: Vec<_> = report
         .nodes
         .iter()
@@ -434,8 +469,12 @@ fn print_build_summary(report: &Report, seconds: f64, progress: &Progress) {
     if report.waiting > 0 {
         line += &format!(", {} waiting for approval", report.waiting);
     }
+    line += &format!(" in {seconds:.1}s");
+    if let Some(note) = note {
+        line += &format!(", {note}");
+    }
     line += &format!(
-        " in {seconds:.1}s; spent ${:.2}, saved ${:.2}",
+        "; spent ${:.2}, saved ${:.2}",
         report.cost_usd, report.saved_usd
     );
     if progress.verbosity() != Verbosity::Quiet || !failed.is_empty() {

@@ -28,6 +28,8 @@ pub fn judge(
     verdict: Verdict,
     progress: &Progress,
 ) -> Result<Vec<Judged>> {
+    // A verdict can change what a build makes without changing a file the fast path stats.
+    crate::fastpath::forget(&project.root);
     let session = Session::open(project, targets, &[], progress.clone())?;
     let report = session.plan()?;
     let Some(store) = &session.store else {

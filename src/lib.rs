@@ -10,6 +10,7 @@ pub mod cli;
 pub mod decide;
 pub mod doctor;
 pub mod error;
+pub mod fastpath;
 pub mod filehash;
 pub mod graph;
 pub mod housekeeping;

@@ -26,7 +26,8 @@ struct Inner {
     bars: Option<MultiProgress>,
     total: Option<ProgressBar>,
     color: bool,
-    warned: AtomicBool,
+    /// Whether a warning was shown (shared by the copies with a totals bar).
+    warned: Arc<AtomicBool>,
     /// Warnings already shown: a project loaded twice (a build that waited for the lock, or
     /// made the cache) warns once.
     shown: Arc<Mutex<HashSet<String>>>,
@@ -44,7 +45,7 @@ impl Progress {
                 bars,
                 total: None,
                 color,
-                warned: AtomicBool::new(false),
+                warned: Arc::default(),
                 shown: Arc::default(),
             }),
         }
@@ -67,7 +68,7 @@ impl Progress {
             bars: Some(mp.clone()),
             total: Some(bar),
             color: self.inner.color,
-            warned: AtomicBool::new(false),
+            warned: self.inner.warned.clone(),
             shown: self.inner.shown.clone(),
         };
         Progress {
@@ -142,6 +143,11 @@ impl Progress {
             "warning"
         };
         self.println(&format!("ttv: {prefix}: {msg}"));
+    }
+
+    /// Whether any warning was shown so far.
+    pub fn warned(&self) -> bool {
+        self.inner.warned.load(Ordering::Relaxed)
     }
 
     pub fn info(&self, msg: &str) {

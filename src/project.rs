@@ -2,6 +2,7 @@
 //! and every check that can be made before any work starts.
 
 mod parsed;
+pub(crate) use parsed::ttv_identity;
 mod yaml;
 
 use std::collections::{BTreeMap, HashMap};

@@ -32,21 +32,27 @@ pub(super) struct Stamp {
 impl Stamp {
     /// None when the running executable cannot be found (then nothing is cached).
     pub(super) fn new(source: &str) -> Option<Stamp> {
-        let exe = std::env::current_exe().ok()?;
-        let meta = fs::metadata(&exe).ok()?;
         Some(Stamp {
             format: 1,
             yaml: blake3::hash(source.as_bytes()).to_hex().to_string(),
-            ttv: format!(
-                "{} {} {} {}.{}",
-                env!("CARGO_PKG_VERSION"),
-                exe.display(),
-                meta.len(),
-                meta.mtime(),
-                meta.mtime_nsec()
-            ),
+            ttv: ttv_identity()?,
         })
     }
+}
+
+/// The running ttv executable: version, path, size and mtime (a rebuilt one differs). None
+/// when it cannot be found.
+pub(crate) fn ttv_identity() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let meta = fs::metadata(&exe).ok()?;
+    Some(format!(
+        "{} {} {} {}.{}",
+        env!("CARGO_PKG_VERSION"),
+        exe.display(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ))
 }
 
 /// The settings parsed from the same ttv.yaml by the same ttv, if `cache_dir` has them.

@@ -47,7 +47,7 @@ const NEEDED: &[(&str, &str, &str)] = &[
 
 const STORM_END: &str = "Lightning over the lamp room";
 
-fn all_needed() -> BTreeSet<String> {
+pub(crate) fn all_needed() -> BTreeSet<String> {
     NEEDED.iter().map(|(id, _, _)| id.to_string()).collect()
 }
 
@@ -61,7 +61,7 @@ fn summary(report: &Value) -> String {
 }
 
 #[track_caller]
-fn assert_generated(report: &Value, expected: &BTreeSet<String>) {
+pub(crate) fn assert_generated(report: &Value, expected: &BTreeSet<String>) {
     assert_eq!(&generated_ids(report), expected, "{}", summary(report));
     assert_eq!(
         count(report, "generated"),
@@ -80,12 +80,12 @@ fn assert_generated(report: &Value, expected: &BTreeSet<String>) {
 }
 
 #[track_caller]
-fn assert_nothing_generated(report: &Value) {
+pub(crate) fn assert_nothing_generated(report: &Value) {
     assert_generated(report, &BTreeSet::new());
 }
 
 /// A different, valid PNG (the fixture's hero is solid red).
-fn green_png() -> Vec<u8> {
+pub(crate) fn green_png() -> Vec<u8> {
     let img = image::RgbImage::from_pixel(16, 16, image::Rgb([20, 200, 60]));
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)

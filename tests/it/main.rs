@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod engine;
 mod fake_selftest;
+mod fastpath;
 mod google;
 mod google_2026;
 mod reliability_cli;

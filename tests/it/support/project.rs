@@ -75,20 +75,25 @@ impl Project {
 
     /// `ttv -C <project> ARGS...` run in the project folder, with a clean environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.bare_command(&self.root);
+        self.command_of(Path::new(env!("CARGO_BIN_EXE_ttv")), args)
+    }
+
+    /// Like [`Project::command`], with another ttv executable (a copy, to rebuild it).
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.bare_command(program, &self.root);
         cmd.arg("-C").arg(&self.root).args(args);
         cmd
     }
 
     /// `ttv ARGS...` run in a folder of the project without `-C`: ttv finds the project itself.
     pub fn command_in(&self, subdir: &str, args: &[&str]) -> Command {
-        let mut cmd = self.bare_command(&self.path(subdir));
+        let mut cmd = self.bare_command(Path::new(env!("CARGO_BIN_EXE_ttv")), &self.path(subdir));
         cmd.args(args);
         cmd
     }
 
-    fn bare_command(&self, cwd: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttv"));
+    fn bare_command(&self, program: &Path, cwd: &Path) -> Command {
+        let mut cmd = Command::new(program);
         cmd.current_dir(cwd);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
