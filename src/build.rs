@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
 use crate::backends::{
     FrameRequest, GenContext, GenError, ImageInput, OperationLog, Provenance, VideoRequest,
 };
 use crate::graph::NodeKind;
+use crate::limiter::{Limiter, LoadFn, Permit};
 use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
 use crate::media::Media;
 use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
@@ -116,8 +117,10 @@ struct Runner {
     session: Session,
     store: Arc<Store>,
     global: Semaphore,
-    frame_jobs: Semaphore,
-    video_jobs: Semaphore,
+    frame_jobs: Arc<Limiter>,
+    video_jobs: Arc<Limiter>,
+    /// Seconds each generation took, by backend kind ("frames", "video"), for the ETA.
+    latencies: std::sync::Mutex<HashMap<&'static str, (f64, u32)>>,
     /// Reference bytes, read once, on the first frame generation that needs them.
     ref_bytes: OnceCell<Vec<ImageInput>>,
     /// Set on the first Ctrl-C: nothing new starts.
@@ -193,7 +196,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
     let cfg = &session.project.config;
     let jobs = opts
         .jobs
-        .unwrap_or(cfg.keyframes.jobs + cfg.video.jobs)
+        .unwrap_or(cfg.keyframes.jobs.most() + cfg.video.jobs.most())
         .max(1);
     let budget = Budget {
         limit: opts.max_cost.or(cfg.budget_usd),
@@ -207,8 +210,10 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         .collect();
     let runner = Arc::new(Runner {
         global: Semaphore::new(jobs),
-        frame_jobs: Semaphore::new(cfg.keyframes.jobs.max(1)),
-        video_jobs: Semaphore::new(cfg.video.jobs.max(1)),
+        // `jobs: auto` starts where fixed limits used to be by default.
+        frame_jobs: Limiter::new(cfg.keyframes.jobs, 4),
+        video_jobs: Limiter::new(cfg.video.jobs, 2),
+        latencies: Default::default(),
         store,
         session,
         ref_bytes: OnceCell::new(),
@@ -308,6 +313,7 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         };
         running.remove(&id);
         ready.extend(t.finish(s, i, outcome));
+        progress.set_message(|| runner.status_line(&t));
     }
     let interrupted = ctrl_c > 0;
     // Nodes never started (interrupted, or downstream of a failure) are reported as skipped.
@@ -330,6 +336,15 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
     progress.finish();
     let mut report = Report::from_nodes(t.results.into_values().collect());
     report.interrupted = interrupted;
+    for (name, limiter) in [
+        ("frames", &runner.frame_jobs),
+        ("video", &runner.video_jobs),
+    ] {
+        let stats = limiter.stats();
+        if stats.used {
+            report.concurrency.insert(name.to_string(), stats);
+        }
+    }
     runner.finish(&report, started_at)?;
     Ok(report)
 }
@@ -459,7 +474,6 @@ impl Tracker {
             Status::Cached => self.saved += report.cost_usd,
             _ => {}
         }
-        progress.set_message(|| format!("spent ${:.2}, saved ${:.2}", self.spent, self.saved));
         match report.status {
             Status::Generated => progress.finished(
                 &format!(
@@ -520,6 +534,15 @@ impl Tracker {
                 stack.push(d);
             }
         }
+    }
+}
+
+/// Which limiter a node's generation waits for.
+fn kind_of(kind: &NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Frame { .. } | NodeKind::AutoReference { .. } => "frames",
+        NodeKind::Segment { .. } => "video",
+        _ => "",
     }
 }
 
@@ -618,20 +641,12 @@ impl Runner {
         let mat = Materializer::new(&s.project.root, &s.stats);
         // Generations wait for a slot of their backend and of the global limit; after Ctrl-C a
         // node that was still waiting for one does not start.
-        let backend_jobs = match plan.recipe.body {
-            Body::Frame(_) => Some(&self.frame_jobs),
-            Body::Segment(_) => Some(&self.video_jobs),
-            _ => None,
+        let (backend_jobs, kind) = match plan.recipe.body {
+            Body::Frame(_) => (Some(&self.frame_jobs), "frames"),
+            Body::Segment(_) => (Some(&self.video_jobs), "video"),
+            _ => (None, ""),
         };
-        let _permits = match backend_jobs {
-            // The backend's slot first: a frame queued for a frame slot must not hold a global
-            // slot that a ready segment could use.
-            Some(jobs) => {
-                let backend = jobs.acquire().await?;
-                Some((backend, self.global.acquire().await?))
-            }
-            None => None,
-        };
+        let mut permits = self.slots(backend_jobs).await?;
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Outcome::NotStarted);
         }
@@ -652,8 +667,38 @@ impl Runner {
         let started = Instant::now();
         let bar = s.progress.start(&node.id);
         let status = bar.status_fn();
-        let produced = self.produce(i, &plan, deps, status).await;
+        let produced = loop {
+            let load: LoadFn = match &permits {
+                Some((p, _)) => p.load_fn(),
+                None => Arc::new(|_| {}),
+            };
+            let produced = self.produce(i, &plan, deps, status.clone(), load).await;
+            // Out of retries on 429s while other generations got through: the service is full,
+            // not refusing this one. Nothing was billed; wait for a slot and send it again.
+            match (&produced, &permits) {
+                (Err(e), Some((p, _)))
+                    if e.cost_usd == 0.0
+                        && p.refused()
+                        && p.others_got_through()
+                        && !self.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    status(
+                        "refused with 429 while the service was full: waiting for a slot".into(),
+                    );
+                    drop(permits.take());
+                    permits = self.slots(backend_jobs).await?;
+                }
+                _ => break produced,
+            }
+        };
+        drop(permits);
         drop(bar);
+        if produced.is_ok() && !kind.is_empty() {
+            let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+            let e = l.entry(kind).or_default();
+            e.0 += started.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
         let p = match produced {
             Ok(p) => {
                 self.budget.spend(p.cost_usd);
@@ -756,6 +801,51 @@ impl Runner {
         })
     }
 
+    /// A slot of the backend's limiter and of the global limit. The backend's first: a frame
+    /// queued for a frame slot must not hold a global slot that a ready segment could use.
+    async fn slots(
+        &self,
+        jobs: Option<&Arc<Limiter>>,
+    ) -> Result<Option<(Permit, SemaphorePermit<'_>)>> {
+        Ok(match jobs {
+            Some(jobs) => {
+                let backend = jobs.acquire().await?;
+                Some((backend, self.global.acquire().await?))
+            }
+            None => None,
+        })
+    }
+
+    /// The totals bar's message: money, each backend's limit, and the time left at the
+    /// latencies seen so far.
+    fn status_line(&self, t: &Tracker) -> String {
+        let s = &self.session;
+        let mut line = format!("spent ${:.2}, saved ${:.2}", t.spent, t.saved);
+        let latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut eta = 0.0;
+        for (kind, limiter) in [("frames", &self.frame_jobs), ("video", &self.video_jobs)] {
+            let stats = limiter.stats();
+            if !stats.used {
+                continue;
+            }
+            line += &format!(", {kind} {} at once", stats.limit);
+            let left = s
+                .needed
+                .iter()
+                .filter(|&&i| {
+                    !t.results.contains_key(&i) && kind_of(&s.graph.nodes[i].kind) == kind
+                })
+                .count();
+            if let Some((total, n)) = latencies.get(kind).filter(|l| l.1 > 0) {
+                eta += left.div_ceil(stats.limit.max(1)) as f64 * total / f64::from(*n);
+            }
+        }
+        if eta > 0.0 {
+            line += &format!(", about {} left", crate::progress::human_duration(eta));
+        }
+        line
+    }
+
     /// Makes node `i`'s output and puts it in the blob store, or says why it could not.
     async fn produce(
         &self,
@@ -763,6 +853,7 @@ impl Runner {
         plan: &NodePlan,
         deps: &HashMap<usize, String>,
         status: Arc<dyn Fn(String) + Send + Sync>,
+        load: LoadFn,
     ) -> Result<Produced, NotProduced> {
         let s = &self.session;
         let node = &s.graph.nodes[i];
@@ -774,6 +865,7 @@ impl Runner {
             status,
             uncertain: Arc::default(),
             resubmit: self.forced.contains(&i),
+            load,
         };
         let blobs = &self.store.blobs;
         let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));

@@ -14,7 +14,7 @@ use crate::error::{
 };
 use crate::graph::NodeKind;
 use crate::plan::{Report, Session, Status};
-use crate::progress::{Progress, Verbosity, emit, say};
+use crate::progress::{Progress, Verbosity, emit, human_duration, say};
 use crate::project::{self, Project};
 use crate::store::{BuildLock, Store, Verdict, Wait};
 use crate::{decide, fastpath, housekeeping};
@@ -552,14 +552,6 @@ fn plan(cli: &Cli, project: Project, targets: &[String], progress: Progress) -> 
         human_duration(secs)
     ));
     Ok(EXIT_OK)
-}
-
-fn human_duration(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0}s")
-    } else {
-        format!("{:.0}m", secs / 60.0)
-    }
 }
 
 fn doctor(cli: &Cli, project: &Project, progress: Progress) -> Result<i32> {

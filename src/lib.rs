@@ -14,6 +14,7 @@ pub mod fastpath;
 pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
+pub mod limiter;
 pub mod materialize;
 pub mod media;
 pub mod models;

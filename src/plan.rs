@@ -1,7 +1,7 @@
 //! Resolving the graph against the cache: each node's recipe, key, take and cache hit. This one
 //! walk is behind `plan`, `explain`, `takes`, `gc` and the build's decisions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -81,6 +81,10 @@ pub struct Report {
     /// then a lower bound.
     #[serde(skip_serializing_if = "is_zero")]
     pub cost_unknown: usize,
+    /// Build only: each backend that generated, with its limit of requests in flight at the
+    /// end and how many requests the service refused with 429 (`frames`, `video`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub concurrency: BTreeMap<String, crate::limiter::Stats>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -114,6 +118,7 @@ impl Report {
             nodes,
             estimated_seconds: None,
             interrupted: false,
+            concurrency: BTreeMap::new(),
         }
     }
 }
@@ -991,8 +996,8 @@ impl Session {
             .filter(|&&i| matches!(self.graph.nodes[i].kind, NodeKind::Segment { .. }))
             .count();
         let waves = |n: usize, jobs: usize| n.div_ceil(jobs.max(1)) as f64;
-        waves(frames, cfg.keyframes.jobs) * typical(&cfg.keyframes.backend, false)
-            + waves(segments, cfg.video.jobs) * typical(&cfg.video.backend, true)
+        waves(frames, cfg.keyframes.jobs.typical()) * typical(&cfg.keyframes.backend, false)
+            + waves(segments, cfg.video.jobs.typical()) * typical(&cfg.video.backend, true)
     }
 
     /// Fails (with the install command) when the plan needs ffmpeg and it cannot be run.

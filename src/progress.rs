@@ -163,6 +163,15 @@ impl Progress {
     }
 }
 
+/// Seconds as people say them: "40s", "3m".
+pub fn human_duration(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("{secs:.0}s")
+    } else {
+        format!("{:.0}m", secs / 60.0)
+    }
+}
+
 /// A line on stderr. A closed stderr (a pager that quit) is not an error: the line is dropped.
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");

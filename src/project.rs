@@ -58,7 +58,7 @@ pub struct KeyframeSettings {
     pub references: String,
     pub auto_reference: bool,
     pub chain: bool,
-    pub jobs: usize,
+    pub jobs: Jobs,
     pub max_retries: u32,
     /// Limit of one HTTP request to the image service, in seconds.
     pub request_timeout_seconds: f64,
@@ -76,11 +76,76 @@ impl Default for KeyframeSettings {
             references: "references".into(),
             auto_reference: true,
             chain: true,
-            jobs: 4,
+            jobs: Jobs::Fixed(4),
             max_retries: 5,
             request_timeout_seconds: 120.0,
             api_key: None,
         }
+    }
+}
+
+/// `jobs:` of a backend: how many of its requests run at once. A number is a cap (lowered for a
+/// while when the service answers 429); `auto` starts low and grows while the service takes
+/// every request (see `limiter.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jobs {
+    Auto,
+    Fixed(usize),
+}
+
+impl Jobs {
+    /// A rough number of requests in flight, for estimates.
+    pub fn typical(self) -> usize {
+        match self {
+            Jobs::Auto => 4,
+            Jobs::Fixed(n) => n,
+        }
+    }
+
+    /// The most requests in flight.
+    pub fn most(self) -> usize {
+        match self {
+            Jobs::Auto => crate::limiter::AUTO_MAX,
+            Jobs::Fixed(n) => n,
+        }
+    }
+}
+
+impl Serialize for Jobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Jobs::Auto => s.serialize_str("auto"),
+            Jobs::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Jobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Jobs, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Jobs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of requests, or `auto`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Jobs, E> {
+                Ok(Jobs::Fixed(n as usize))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Jobs, E> {
+                usize::try_from(n)
+                    .map(Jobs::Fixed)
+                    .map_err(|_| E::custom("a number of requests (1 or more), or `auto`"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Jobs, E> {
+                match v {
+                    "auto" => Ok(Jobs::Auto),
+                    _ => Err(E::custom(format!(
+                        "`{v}`: give a number of requests, or `auto`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -148,7 +213,7 @@ pub struct VideoSettings {
     /// Vertex only: `gs://...` prefix where Veo writes the videos instead of returning them inline.
     pub storage_uri: Option<String>,
     pub fallback: Vec<FallbackBackend>,
-    pub jobs: usize,
+    pub jobs: Jobs,
     pub max_retries: u32,
     /// Overall limit for one long-running video operation, in seconds.
     pub poll_timeout_seconds: u64,
@@ -180,7 +245,7 @@ impl Default for VideoSettings {
             require_approval: false,
             storage_uri: None,
             fallback: Vec::new(),
-            jobs: 2,
+            jobs: Jobs::Auto,
             max_retries: 5,
             poll_timeout_seconds: 900,
             poll_interval_seconds: 10.0,
@@ -623,10 +688,13 @@ impl Project {
             ("keyframes.jobs", c.keyframes.jobs),
             ("video.jobs", c.video.jobs),
         ] {
-            if jobs == 0 {
+            if jobs == Jobs::Fixed(0) {
                 errors.push(
                     self.error_at(at, format!("`{at}` must be at least 1"))
-                        .help("it is how many requests to this backend run at once"),
+                        .help(
+                            "it is how many requests to this backend run at once (or `auto`: \
+                             as many as the service takes)",
+                        ),
                 );
             }
         }

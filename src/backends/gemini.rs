@@ -12,7 +12,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 use serde_json::{Value, json};
 
-use super::http::{CallError, Failure, Http, key_header, send_json};
+use super::http::{CallError, Failure, Http, key_header, report_load, send_json};
 use super::{
     FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, Provenance, auth,
 };
@@ -117,7 +117,7 @@ impl FrameGenerator for GeminiFrames {
                 &*ctx.status,
                 &ctx.uncertain,
                 || async move {
-                    let answer = send_json(
+                    let sent = send_json(
                         &self.http,
                         self.http
                             .client()
@@ -126,7 +126,8 @@ impl FrameGenerator for GeminiFrames {
                             .header(reqwest::header::CONTENT_TYPE, "application/json")
                             .body(body.clone()),
                     )
-                    .await?;
+                    .await;
+                    let answer = report_load(&ctx.load, sent)?;
                     let (raw, provenance) = image_of(&answer)?;
                     let png = tokio::task::spawn_blocking(move || to_png(&raw))
                         .await

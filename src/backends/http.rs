@@ -2,6 +2,7 @@
 //! backoff that give way to the delay the server asks for, Google's error shape, and secrets
 //! that never reach a message.
 
+use crate::limiter::{Load, LoadFn};
 use std::error::Error as _;
 use std::fmt;
 use std::future::Future;
@@ -215,6 +216,17 @@ impl Failure {
             Failure::Final(e) => e.to_string(),
         }
     }
+}
+
+/// Tells the scheduler's limiter what the service made of one attempt (see `limiter.rs`): an
+/// answer is a request taken, a 429 one refused for load.
+pub fn report_load<T>(load: &LoadFn, result: Result<T, Failure>) -> Result<T, Failure> {
+    match &result {
+        Ok(_) => load(Load::Accepted),
+        Err(Failure::Api { error, .. }) if error.http_status == 429 => load(Load::Throttled),
+        Err(_) => {}
+    }
+    result
 }
 
 /// A call that failed for good: the last failure and how many attempts were made.

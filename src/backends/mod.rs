@@ -110,6 +110,9 @@ pub struct GenContext {
     pub uncertain: Arc<AtomicU32>,
     /// `--force`: a submission recorded as uncertain may be sent again.
     pub resubmit: bool,
+    /// Where the backend says whether the service took each request or refused it for load
+    /// (429): the scheduler's limit of requests in flight follows it.
+    pub load: crate::limiter::LoadFn,
 }
 
 impl GenContext {

@@ -89,6 +89,7 @@ pub(crate) fn context(
         status: Arc::new(move |s| seen.lock().unwrap().push(s)),
         uncertain: Arc::default(),
         resubmit: false,
+        load: Arc::new(|_| {}),
     };
     (ctx, statuses)
 }

@@ -14,7 +14,9 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{self, Bearer, VertexTarget};
 use super::gemini::{self, prepare_image};
-use super::http::{CallError, Downloaded, Failure, Http, Resend, download, key_header, send_json};
+use super::http::{
+    CallError, Downloaded, Failure, Http, Resend, download, key_header, report_load, send_json,
+};
 use super::{
     GenContext, GenError, ImageInput, Pending, Provenance, VideoCaps, VideoGenerator, VideoOutput,
     VideoRequest,
@@ -308,7 +310,7 @@ impl Veo {
             uncertain_error(&ctx.node_id, &detail)
         };
         let answer = match self
-            .post_json(Resend::OnlyIfCertain, &what, &url, body, ctx)
+            .post_json(Resend::OnlyIfCertain, &what, &url, body, ctx, true)
             .await
         {
             Ok(a) => a,
@@ -338,7 +340,9 @@ impl Veo {
         Ok(name)
     }
 
-    /// POSTs a JSON body with the route's credentials, retrying what is worth retrying.
+    /// POSTs a JSON body with the route's credentials, retrying what is worth retrying;
+    /// `submit`: each attempt's fate is reported to the scheduler's limiter (a started
+    /// operation holds one of the service's slots until it is done).
     async fn post_json(
         &self,
         resend: Resend,
@@ -346,6 +350,7 @@ impl Veo {
         url: &str,
         body: Vec<u8>,
         ctx: &GenContext,
+        submit: bool,
     ) -> Result<Value, CallError> {
         let body = &body;
         self.http
@@ -355,7 +360,12 @@ impl Veo {
                     .await?
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone());
-                send_json(&self.http, builder).await
+                let sent = send_json(&self.http, builder).await;
+                if submit {
+                    report_load(&ctx.load, sent)
+                } else {
+                    sent
+                }
             })
             .await
     }
@@ -380,7 +390,8 @@ impl Veo {
                 };
                 let url = format!("{base_url}/{VERTEX_VERSION}/{prefix}:fetchPredictOperation");
                 let body = json!({"operationName": name}).to_string().into_bytes();
-                self.post_json(Resend::Always, &what, &url, body, ctx).await
+                self.post_json(Resend::Always, &what, &url, body, ctx, false)
+                    .await
             }
             Route::Gemini { base_url, .. } => {
                 let url = format!("{base_url}/v1beta/{name}");
