@@ -4,10 +4,13 @@
 //! A backend's limit starts at `jobs: N` (a cap it never goes above) or, with `jobs: auto`,
 //! at a modest number that grows by one with every request the service accepts ("slow start")
 //! until the service first refuses one with 429 RESOURCE_EXHAUSTED. A refusal halves the limit
-//! and notes how many requests the service held at that moment (the ceiling); accepted requests
-//! then bring the limit back to the ceiling one by one, and probe above it only slowly (one more
-//! per `limit` accepted requests, half as often after each probe that was refused). Refusals
-//! of requests admitted before the last decrease are old news and do not halve it again.
+//! and notes how many of its requests the service held at that moment (the ceiling); accepted
+//! requests then bring the limit back to the ceiling one by one, and probe above it slowly (one
+//! more per `limit` accepted requests, half as often after each refused probe). A refused probe
+//! above a ceiling that still holds goes back to the ceiling instead of halving: the service's
+//! limit did not move, so the limit settles there rather than on a saw-tooth. Refusals of
+//! requests admitted before the last decrease are old news and do not lower it again. A
+//! backend that reports nothing (the offline preview) stays where it started.
 //!
 //! Admission is first come, first served (a semaphore whose permits follow the limit): the
 //! scheduler's order of ready nodes is kept.
@@ -28,6 +31,9 @@ pub enum Load {
     Accepted,
     /// 429 RESOURCE_EXHAUSTED: too many requests in flight (or too many too fast).
     Throttled,
+    /// The service is done with the request it took (a Veo operation finished): its slot
+    /// there is free, whatever ttv still does with the result.
+    Done,
 }
 
 /// A report hook, as backends get it in their `GenContext`.
@@ -50,7 +56,10 @@ struct State {
     ceiling: Option<usize>,
     /// Raised by each decrease.
     epoch: u64,
+    /// Slots taken.
     in_flight: usize,
+    /// Slots whose request the service took (a running Veo operation).
+    holding: usize,
     throttled: u64,
     accepted: u64,
     used: bool,
@@ -88,6 +97,7 @@ impl Limiter {
                 ceiling: None,
                 epoch: 0,
                 in_flight: 0,
+                holding: 0,
                 throttled: 0,
                 accepted: 0,
                 used: false,
@@ -107,11 +117,13 @@ impl Limiter {
         st.in_flight += 1;
         st.used = true;
         Ok(Permit {
-            limiter: self.clone(),
-            permit: Some(permit),
-            epoch: st.epoch,
-            accepted_before: st.accepted,
-            last: Arc::default(),
+            slot: Arc::new(Slot {
+                limiter: self.clone(),
+                permit: Mutex::new(Some(permit)),
+                epoch: st.epoch,
+                accepted_before: st.accepted,
+                last: Mutex::default(),
+            }),
         })
     }
 
@@ -136,11 +148,22 @@ impl Limiter {
         }
     }
 
-    fn report(&self, epoch: u64, load: Load) {
+    fn report(&self, epoch: u64, load: Load, held: Held) {
         let mut st = self.state();
+        match held {
+            Held::Now => st.holding += 1,
+            Held::NoLonger => st.holding -= 1,
+            Held::Same => {}
+        }
         match load {
+            Load::Done => {}
             Load::Accepted => {
                 st.accepted += 1;
+                // Only a limit in use is known to be too low (as TCP does not grow a window
+                // the sender does not fill): the last nodes of a build must not inflate it.
+                if st.in_flight < st.limit {
+                    return;
+                }
                 match st.ceiling {
                     Some(c) if st.limit >= c => {
                         st.credit += 1.0 / (st.limit as f64 * st.probe_every);
@@ -154,15 +177,21 @@ impl Limiter {
             }
             Load::Throttled => {
                 st.throttled += 1;
-                if epoch < st.epoch {
-                    return;
-                }
-                if st.ceiling.is_some_and(|c| st.limit > c) {
-                    st.probe_every *= 2.0;
-                }
-                // Every request in flight but this one was taken.
-                st.ceiling = Some(st.in_flight.saturating_sub(1).max(1));
-                let new = (st.limit / 2).max(1);
+                let held = st.holding.max(1);
+                let probing = st.ceiling.filter(|&c| st.limit > c && held >= c);
+                let new = match probing {
+                    // A probe above a ceiling that still holds, whoever's request was
+                    // refused: back to the ceiling.
+                    Some(c) => {
+                        st.probe_every *= 2.0;
+                        c
+                    }
+                    None if epoch < st.epoch => return,
+                    None => {
+                        st.ceiling = Some(held);
+                        (st.limit / 2).max(1)
+                    }
+                };
                 let drop = st.limit - new;
                 st.limit = new;
                 let forgotten = self.sem.forget_permits(drop);
@@ -174,50 +203,88 @@ impl Limiter {
     }
 }
 
-/// A slot of a [`Limiter`], given back when dropped.
+/// How a report changes whether the service holds a slot's request.
+enum Held {
+    Now,
+    NoLonger,
+    Same,
+}
+
+/// A slot of a [`Limiter`]: given back when the service is done with its request, or when
+/// dropped.
 pub struct Permit {
+    slot: Arc<Slot>,
+}
+
+struct Slot {
     limiter: Arc<Limiter>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
     epoch: u64,
     accepted_before: u64,
-    /// What the backend reported last for this slot.
-    last: Arc<Mutex<Option<Load>>>,
+    /// What the backend reported last for this slot, and whether the service holds its
+    /// request (counted in `holding`).
+    last: Mutex<(Option<Load>, bool)>,
+}
+
+impl Slot {
+    fn report(&self, load: Load) {
+        let change = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let was = last.1;
+            *last = (Some(load), load == Load::Accepted);
+            match (was, last.1) {
+                (false, true) => Held::Now,
+                (true, false) => Held::NoLonger,
+                _ => Held::Same,
+            }
+        };
+        self.limiter.report(self.epoch, load, change);
+        // The download of a finished operation does not hold one of the service's slots.
+        if load == Load::Done {
+            self.release();
+        }
+    }
+
+    /// Gives the semaphore's permit back (or drops it, if the limit went down meanwhile).
+    fn release(&self) {
+        let Some(p) = self.permit.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut st = self.limiter.state();
+        st.in_flight -= 1;
+        if st.debt > 0 {
+            st.debt -= 1;
+            p.forget();
+        }
+    }
 }
 
 impl Permit {
     /// The hook a backend reports each request's fate to.
     pub fn load_fn(&self) -> LoadFn {
-        let limiter = self.limiter.clone();
-        let epoch = self.epoch;
-        let last = self.last.clone();
-        Arc::new(move |load| {
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(load);
-            limiter.report(epoch, load);
-        })
+        let slot = self.slot.clone();
+        Arc::new(move |load| slot.report(load))
     }
 
     /// Whether the service's last word on this slot's requests was a 429.
     pub fn refused(&self) -> bool {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) == Some(Load::Throttled)
+        self.slot.last.lock().unwrap_or_else(|e| e.into_inner()).0 == Some(Load::Throttled)
     }
 
     /// Whether the service accepted requests of other generations since this slot was taken:
     /// a generation that ran out of retries on 429s may then wait for a slot and try again.
     pub fn others_got_through(&self) -> bool {
-        self.limiter.state().accepted > self.accepted_before
+        self.slot.limiter.state().accepted > self.slot.accepted_before
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut st = self.limiter.state();
-        st.in_flight -= 1;
-        if let Some(p) = self.permit.take() {
-            if st.debt > 0 {
-                st.debt -= 1;
-                p.forget();
-            }
+        let held = std::mem::take(&mut self.slot.last.lock().unwrap_or_else(|e| e.into_inner()).1);
+        if held {
+            self.slot.limiter.state().holding -= 1;
         }
+        self.slot.release();
     }
 }
 

@@ -127,7 +127,7 @@ impl FrameGenerator for GeminiFrames {
                             .body(body.clone()),
                     )
                     .await;
-                    let answer = report_load(&ctx.load, sent)?;
+                    let answer = report_load(&ctx.load, false, sent)?;
                     let (raw, provenance) = image_of(&answer)?;
                     let png = tokio::task::spawn_blocking(move || to_png(&raw))
                         .await

@@ -219,10 +219,20 @@ impl Failure {
 }
 
 /// Tells the scheduler's limiter what the service made of one attempt (see `limiter.rs`): an
-/// answer is a request taken, a 429 one refused for load.
-pub fn report_load<T>(load: &LoadFn, result: Result<T, Failure>) -> Result<T, Failure> {
+/// answer is a request taken (and, unless it `runs_on` as an operation, done), a 429 one
+/// refused for load.
+pub fn report_load<T>(
+    load: &LoadFn,
+    runs_on: bool,
+    result: Result<T, Failure>,
+) -> Result<T, Failure> {
     match &result {
-        Ok(_) => load(Load::Accepted),
+        Ok(_) => {
+            load(Load::Accepted);
+            if !runs_on {
+                load(Load::Done);
+            }
+        }
         Err(Failure::Api { error, .. }) if error.http_status == 429 => load(Load::Throttled),
         Err(_) => {}
     }

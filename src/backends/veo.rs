@@ -2,6 +2,7 @@
 //! location, OAuth) or the Gemini API (API key). The operation name is recorded right after the
 //! submit, so a build interrupted while polling resumes the same paid operation.
 
+use crate::limiter::Load;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -362,7 +363,7 @@ impl Veo {
                     .body(body.clone());
                 let sent = send_json(&self.http, builder).await;
                 if submit {
-                    report_load(&ctx.load, sent)
+                    report_load(&ctx.load, true, sent)
                 } else {
                     sent
                 }
@@ -663,7 +664,10 @@ impl VideoGenerator for Veo {
             _ => (self.submit(req, ctx).await?, false),
         };
         loop {
-            match self.wait_done(&name, model, resumed, ctx).await {
+            let done = self.wait_done(&name, model, resumed, ctx).await;
+            // The service's slot is free again (the download that follows does not hold it).
+            (ctx.load)(Load::Done);
+            match done {
                 Ok(op) => return self.finish(&name, op, params, ctx).await,
                 Err(PollError::NotFound(_)) if resumed => {
                     crate::progress::say(&format!(

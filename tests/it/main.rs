@@ -2,6 +2,7 @@
 //! SQLite, real files, real ffmpeg, and a fake Google service on 127.0.0.1.
 
 mod bad_input;
+mod concurrency;
 mod crash;
 mod engine;
 mod fake_selftest;

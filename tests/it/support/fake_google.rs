@@ -45,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
@@ -398,6 +398,11 @@ struct Operation {
     polls_left: Option<u32>,
     /// What the operation has once done: `{"response": ...}` or `{"error": ...}`.
     result: Value,
+    /// With [`FakeGoogle::operation_latency`]: when the job is done (polls answer `done: false`
+    /// until then).
+    done_at: Option<Instant>,
+    /// A poll answered `done: true`.
+    finished: bool,
 }
 
 struct Inner {
@@ -415,9 +420,23 @@ struct Inner {
     gemini_api_veo: bool,
     downloads_elsewhere: bool,
     redirect_downloads_elsewhere: bool,
+    /// Veo submissions beyond this many running operations are refused with 429.
+    max_in_flight: Option<usize>,
+    /// How long a Veo operation runs (else it is done after its polls).
+    operation_latency: Option<Duration>,
+    refused_for_load: usize,
+    peak_in_flight: usize,
 }
 
 impl Inner {
+    /// Operations running at `now`: not done by time, and not yet reported done by a poll.
+    fn in_flight(&self, now: Instant) -> usize {
+        self.operations
+            .values()
+            .filter(|o| !o.finished && o.done_at.is_none_or(|t| now < t))
+            .count()
+    }
+
     fn new() -> Inner {
         Inner {
             requests: Vec::new(),
@@ -431,6 +450,10 @@ impl Inner {
             gemini_api_veo: true,
             downloads_elsewhere: false,
             redirect_downloads_elsewhere: false,
+            max_in_flight: None,
+            operation_latency: None,
+            refused_for_load: 0,
+            peak_in_flight: 0,
         }
     }
 }
@@ -682,6 +705,27 @@ impl FakeGoogle {
             on,
             left: times.into(),
         });
+    }
+
+    /// At most `k` Veo operations run at once per project, as Veo 3.1 serves about 10: a
+    /// submission beyond them is refused with 429 RESOURCE_EXHAUSTED (and creates nothing).
+    pub fn max_in_flight(&self, k: usize) {
+        self.shared.lock().max_in_flight = Some(k);
+    }
+
+    /// Every Veo operation submitted from now on runs for `latency` (on top of its polls).
+    pub fn operation_latency(&self, latency: Duration) {
+        self.shared.lock().operation_latency = Some(latency);
+    }
+
+    /// Veo submissions refused because [`FakeGoogle::max_in_flight`] operations were running.
+    pub fn refused_for_load(&self) -> usize {
+        self.shared.lock().refused_for_load
+    }
+
+    /// The most Veo operations that ran at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.lock().peak_in_flight
     }
 
     /// How many polls of a new operation answer `done: false` before it is done (default 1).

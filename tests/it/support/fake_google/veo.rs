@@ -203,6 +203,20 @@ pub(super) fn submit(
     let samples = get_int(&params, "sampleCount").unwrap_or(1).max(1) as usize;
     let storage = get_str(&params, "storageUri").map(str::to_owned);
     let mut inner = shared.lock();
+    // Checked and counted under the lock that creates the operation: never one too many.
+    let now = std::time::Instant::now();
+    let in_flight = inner.in_flight(now);
+    if inner.max_in_flight.is_some_and(|k| in_flight >= k) {
+        inner.refused_for_load += 1;
+        return ApiError::new(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Too many operations in flight for this project and model. Please retry in 1s.",
+        )
+        .into_response();
+    }
+    inner.peak_in_flight = inner.peak_in_flight.max(in_flight + 1);
+    let done_at = inner.operation_latency.map(|l| now + l);
     let filtered = json!({
         "raiMediaFilteredCount": 1,
         "raiMediaFilteredReasons": ["Veo could not generate videos because the input image \
@@ -276,6 +290,8 @@ pub(super) fn submit(
             prompt: prompt.to_owned(),
             polls_left,
             result,
+            done_at,
+            finished: false,
         },
     );
     json_response(StatusCode::OK, &json!({ "name": name }))
@@ -296,11 +312,14 @@ pub(super) fn poll(
     let mut inner = shared.lock();
     let op = inner.operations.get_mut(name).ok_or_else(unknown)?;
     let mut answer = json!({"name": name, "done": false});
+    let running = op.done_at.is_some_and(|t| std::time::Instant::now() < t);
     match &mut op.polls_left {
         None => {}
+        _ if running => {}
         Some(n) if *n > 0 => *n -= 1,
         Some(_) => {
             answer["done"] = json!(true);
+            op.finished = true;
             for (k, v) in op.result.as_object().into_iter().flatten() {
                 answer[k] = v.clone();
             }
