@@ -195,6 +195,170 @@ fn mp4_problem(r: &mut (impl Read + Seek), len: u64) -> io::Result<Option<String
     })
 }
 
+/// What must be equal between MP4 files for ffmpeg's concat demuxer to copy their streams
+/// into one file: per track, its handler (`vide`, `soun`), its time scale, its first sample
+/// duration (the frame rate of a constant-rate video) and its whole sample description
+/// (`stsd`: codec, size, pixel format or sample rate and channels, and the codec headers the
+/// output keeps once for the whole file). Read from the `moov` box alone, without ffprobe:
+/// equal signatures are a stream copy for sure. `None` when the file is not laid out as
+/// expected (the caller then asks ffprobe).
+pub fn mp4_stream_signature(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let Ok(top) = boxes(&mut f, 0, len)? else {
+        return Ok(None);
+    };
+    let Some((moov, at)) = top.iter().find(|(b, _)| &b.kind == b"moov") else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0u8; (moov.end - at) as usize];
+    f.seek(SeekFrom::Start(*at))?;
+    f.read_exact(&mut bytes)?;
+    Ok(moov_signature(&bytes[8..]))
+}
+
+/// The boxes directly inside `body`, as (type, contents); `None` if they do not tile it.
+fn children(body: &[u8]) -> Option<Vec<([u8; 4], &[u8])>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let kind: [u8; 4] = rest.get(4..8)?.try_into().ok()?;
+        if size < 8 || size > rest.len() {
+            return None;
+        }
+        out.push((kind, &rest[8..size]));
+        rest = &rest[size..];
+    }
+    Some(out)
+}
+
+fn child<'a>(boxes: &[([u8; 4], &'a [u8])], kind: &[u8; 4]) -> Option<&'a [u8]> {
+    boxes.iter().find(|(k, _)| k == kind).map(|(_, b)| *b)
+}
+
+fn moov_signature(moov: &[u8]) -> Option<Vec<u8>> {
+    let mut sig = Vec::new();
+    let mut tracks = 0;
+    for (kind, trak) in children(moov)? {
+        if &kind != b"trak" {
+            continue;
+        }
+        tracks += 1;
+        let mdia = children(child(&children(trak)?, b"mdia")?)?;
+        let mdhd = child(&mdia, b"mdhd")?;
+        // version 1 has 64-bit creation and modification times before the time scale.
+        let scale_at = if *mdhd.first()? == 1 { 20 } else { 12 };
+        let timescale = mdhd.get(scale_at..scale_at + 4)?;
+        let handler = child(&mdia, b"hdlr")?.get(8..12)?;
+        let stbl = children(child(&children(child(&mdia, b"minf")?)?, b"stbl")?)?;
+        let entries = sample_entries(child(&stbl, b"stsd")?, handler)?;
+        let stts = child(&stbl, b"stts")?;
+        let first_delta = match u32::from_be_bytes(stts.get(4..8)?.try_into().ok()?) {
+            0 => &[][..],
+            _ => stts.get(12..16)?,
+        };
+        for part in [handler, timescale, first_delta, &entries] {
+            sig.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            sig.extend_from_slice(part);
+        }
+    }
+    (tracks > 0).then_some(sig)
+}
+
+/// A track's sample descriptions without what differs from file to file and does not reach
+/// the concatenated output's headers: the `btrt` box and the bit rates in `esds` (statistics of
+/// each file's own bytes).
+fn sample_entries(stsd: &[u8], handler: &[u8]) -> Option<Vec<u8>> {
+    // The fields of a visual and of a (version 0) audio sample entry, before its boxes.
+    let fixed = match handler {
+        b"vide" => 78,
+        b"soun" => 28,
+        _ => return None,
+    };
+    let count = u32::from_be_bytes(stsd.get(4..8)?.try_into().ok()?) as usize;
+    let entries = children(stsd.get(8..)?)?;
+    if entries.len() != count {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut put = |kind: &[u8], body: &[u8]| {
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    };
+    for (kind, entry) in entries {
+        let head = entry.get(..fixed)?;
+        if handler == b"soun" && head[8..10] != [0, 0] {
+            return None;
+        }
+        put(&kind, head);
+        for (k, body) in children(&entry[fixed..])? {
+            match &k {
+                b"btrt" => {}
+                b"esds" => put(&k, &esds_config(body)?),
+                _ => put(&k, body),
+            }
+        }
+    }
+    Some(out)
+}
+
+/// From an `esds` box: the object type, stream type and decoder configuration (the
+/// AudioSpecificConfig), without the buffer size and bit rates.
+fn esds_config(esds: &[u8]) -> Option<Vec<u8>> {
+    let (tag, es, _) = descriptor(esds.get(4..)?)?;
+    if tag != 3 {
+        return None;
+    }
+    let flags = *es.get(2)?;
+    let mut at = 3;
+    if flags & 0x80 != 0 {
+        at += 2;
+    }
+    if flags & 0x40 != 0 {
+        at += 1 + usize::from(*es.get(at)?);
+    }
+    if flags & 0x20 != 0 {
+        at += 2;
+    }
+    let mut rest = es.get(at..)?;
+    while !rest.is_empty() {
+        let (tag, body, next) = descriptor(rest)?;
+        if tag == 4 {
+            let mut out = body.get(..2)?.to_vec();
+            let mut inner = body.get(13..)?;
+            while !inner.is_empty() {
+                let (tag, info, next) = descriptor(inner)?;
+                if tag == 5 {
+                    out.extend_from_slice(info);
+                }
+                inner = next;
+            }
+            return Some(out);
+        }
+        rest = next;
+    }
+    None
+}
+
+/// One MPEG-4 descriptor: its tag, its body and what follows it.
+fn descriptor(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *bytes.first()?;
+    let mut size = 0usize;
+    let mut at = 1;
+    loop {
+        let b = *bytes.get(at)?;
+        at += 1;
+        size = (size << 7) | usize::from(b & 0x7f);
+        if b & 0x80 == 0 || at > 4 {
+            break;
+        }
+    }
+    let body = bytes.get(at..at + size)?;
+    Some((tag, body, &bytes[at + size..]))
+}
+
 /// Images up to this many pixels are decoded whole; larger ones (a 481 KB PNG can hold
 /// 13000x13000 pixels, 680 MB decoded) are judged by their header and not decoded.
 pub const MAX_DECODE_PIXELS: u64 = 40_000_000;
