@@ -377,7 +377,7 @@ pub(crate) fn build_project(
     let reroll_context =
         (!opts.reroll.is_empty()).then(|| (session.project.config.clone(), session.graph.clone()));
     let report = runtime.block_on(build::build(session, opts))?;
-    // The cache is closed now; the lock is still held.
+    // Recorded while the lock is still held: no other build changes what it vouches for.
     watch.finish(opts, &report, !progress.warned());
     print_build_summary(&report, started.elapsed().as_secs_f64(), None, &progress);
     for r in &opts.reroll {

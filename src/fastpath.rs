@@ -21,14 +21,16 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::build::BuildOptions;
+use crate::filehash::StatCache;
 use crate::materialize::{BUILD_DIR, MANIFEST};
 use crate::plan::{Report, Session, Status};
 use crate::project::{self, CACHE_DIR, CONFIG_FILE};
-use crate::store::{FileStat, Store, now_ns};
+use crate::store::{FileStat, now_ns};
 
 const FILE: &str = "noop";
 const FORMAT: u32 = 1;
@@ -185,6 +187,8 @@ pub struct Watch {
     dirs: Vec<(String, FileStat)>,
     /// Input files the build's answer rests on (references, start images), once known.
     inputs: Vec<String>,
+    /// The session's stat cache: its rows are what the build vouched for.
+    stats: Option<Arc<Mutex<StatCache>>>,
 }
 
 impl Watch {
@@ -199,12 +203,14 @@ impl Watch {
             yaml: yaml_hash(root),
             dirs: Vec::new(),
             inputs: Vec::new(),
+            stats: None,
         }
     }
 
     /// Notes the inputs of the session about to build (after its final load).
     pub fn inputs(&mut self, session: &Session) {
         let root = &self.root;
+        self.stats = Some(session.stats.clone());
         self.dirs.clear();
         let refs = &session.project.config.keyframes.references;
         if let Ok(meta) = fs::metadata(root.join(refs)) {
@@ -227,7 +233,7 @@ impl Watch {
     }
 
     /// Records a build that generated nothing, so that the next one can be answered without
-    /// work. Called with the build lock held and the cache closed; `clean` says nothing was
+    /// work. Called with the build lock held; `clean` says nothing was
     /// warned about. Best effort: a record that cannot be written only means a full no-op.
     pub fn finish(self, opts: &BuildOptions, report: &Report, clean: bool) {
         let nothing_done = report.nodes.iter().all(|n| n.status == Status::Cached);
@@ -250,10 +256,11 @@ impl Watch {
                 return None;
             }
         }
-        let stats = Store::open_existing(&root.join(CACHE_DIR))
-            .ok()??
-            .file_stats()
-            .ok()?;
+        let stats = self
+            .stats
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut rows = String::new();
         let mut row = |rel: &str, r: &FileStat| {
             let _ = writeln!(
@@ -267,7 +274,7 @@ impl Watch {
         }
         let outputs = report.nodes.iter().filter_map(|n| n.output.as_deref());
         for rel in self.inputs.iter().map(String::as_str).chain(outputs) {
-            row(rel, stats.get(rel)?);
+            row(rel, stats.row(rel)?);
         }
         // The manifest has a row only while it lists nothing but this build's outputs; as it is
         // now, then, trusted only if it was last written before this build started.

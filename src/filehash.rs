@@ -48,6 +48,11 @@ impl StatCache {
         fresh.then_some(row.hash.as_str())
     }
 
+    /// The row of `rel`, if there is one.
+    pub fn row(&self, rel: &str) -> Option<&FileStat> {
+        self.known.get(rel)
+    }
+
     /// Records that `rel`, as `meta` describes it, has `hash`.
     pub fn record(&mut self, rel: &str, meta: &Metadata, hash: &str) {
         let row = FileStat {

@@ -144,7 +144,8 @@ pub struct Session {
     pub(crate) refs: Vec<RefFile>,
     /// blake3 of each shot's start_image, by shot index.
     start_images: HashMap<usize, String>,
-    pub(crate) stats: Mutex<StatCache>,
+    /// Shared with the no-op fast path, which records the rows the build relied on.
+    pub(crate) stats: Arc<Mutex<StatCache>>,
     /// Node id -> key at its last build (what explanations compare against).
     pub(crate) last_keys: HashMap<String, String>,
     /// Verdicts on frames, by blob (loaded when `video.require_approval` is on).
@@ -274,7 +275,7 @@ impl Session {
             videos,
             refs,
             start_images,
-            stats: Mutex::new(stats),
+            stats: Arc::new(Mutex::new(stats)),
             last_keys,
             rerolls: reroll_set,
             verdicts,
