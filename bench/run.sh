@@ -13,9 +13,9 @@ MODE=full
 # command's runs before the other's, so a burst of load can land on one side; 30 runs a side
 # keep the medians steady.
 SHOTS=200 CUT=10 REFS=10 REF_MIB=${BENCH_REF_MIB:-10} WARMUP=3 RUNS=30
-D_WARMUP=1 D_RUNS=3 E_SHOTS=1000
+D_WARMUP=1 D_RUNS=3 E_SHOTS=1000 G_RUNS=10 F_K=10
 case "${1:-}" in
-  --quick) MODE=quick REF_MIB=${BENCH_REF_MIB:-1} RUNS=10 D_WARMUP=0 D_RUNS=1 E_SHOTS=300 ;;
+  --quick) MODE=quick REF_MIB=${BENCH_REF_MIB:-1} RUNS=10 D_WARMUP=0 D_RUNS=1 E_SHOTS=300 G_RUNS=3 ;;
   "") ;;
   *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
 esac
@@ -37,10 +37,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --manifest-path "$ROOT/Cargo.toml"
+# (f) drives ttv against the fake Google of the integration tests: its test binary.
+cargo test --manifest-path "$ROOT/Cargo.toml" --test it --no-run
 # The baseline's blake3 pass: ttv's own read-then-hash, built from the same crate versions.
 CARGO_TARGET_DIR=$ROOT/target/bench-hash cargo build --release --locked \
   --manifest-path "$BENCH/hash/Cargo.toml"
-TTV=$ROOT/target/release/ttv
+TTV=${CARGO_TARGET_DIR:-$ROOT/target}/release/ttv
 HASH=$ROOT/target/bench-hash/release/ttv-bench-hash
 
 W=$(mktemp -d)
@@ -116,6 +118,17 @@ hf -w "$WARMUP" -r "$RUNS" --export-json "$R/c-plan.json" \
 put c_final_s "$(python3 -c "import json,sys; t=json.load(open(sys.argv[1])); print(round(t['final'] - max(v for k, v in t.items() if k.startswith('segment/')), 3))" "$R/c-stamps.json")"
 $GEN count-generated "$R/c-build.json" >"$R/c-generated.json"
 put c_plan_matches_build "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ids'] == json.load(open(sys.argv[2]))['ids'])" "$R/c-dirty.json" "$R/c-generated.json")"
+
+say "g. the final stitch of $SHOTS segments against one ffmpeg concat copy of them"
+for s in "$P"/build/segments/*.mp4; do echo "file '$s'"; done >"$R/concat.txt"
+hf -w 1 -r "$G_RUNS" --export-json "$R/g-stitch.json" \
+  "$TTV -q -C $P build final --force final" \
+  "ffmpeg -nostdin -y -loglevel error -f concat -safe 0 -i $R/concat.txt -map 0 -c copy $W/concat.mp4"
+
+say "f. adaptive concurrency: a cold build against the fake Google running $F_K operations at once"
+BENCH_K=$F_K cargo test --manifest-path "$ROOT/Cargo.toml" --test it -- --ignored --nocapture \
+  --exact concurrency::bench_adaptive_concurrency | sed -n 's/^BENCH //p' >"$R/f-concurrency.json"
+cat "$R/f-concurrency.json" >&2
 
 for variant in d:5 d2:2; do
   tag=${variant%%:*} cut=${variant#*:}

@@ -119,3 +119,62 @@ fn a_fixed_jobs_is_a_cap_auto_never_passes() {
     assert_eq!(report["concurrency"]["video"]["throttled"], 0, "{report:#}");
     assert_eq!(g.fake.peak_in_flight(), 3);
 }
+
+/// The wall time a build of `segments` operations of `latency` each needs at `k` at once, as
+/// ttv sees them: an operation is seen done at the first poll after it is (polls start at
+/// `first_poll` and grow by half each time, as veo.rs polls).
+fn bound(segments: usize, k: usize, latency: f64, first_poll: f64) -> f64 {
+    let (mut at, mut interval) = (first_poll, first_poll);
+    while at < latency {
+        interval *= 1.5;
+        at += interval;
+    }
+    segments.div_ceil(k) as f64 * at
+}
+
+/// The benchmark of `bench/run.sh` (f): a cold build against a fake that runs K operations at
+/// once (`BENCH_K`, default 10), each for `BENCH_LATENCY_MS` (default 2000), 4K segments, with
+/// `jobs: auto` and with `jobs: K` (what a perfectly tuned project would set). Prints one
+/// `BENCH {json}` line; asserts nothing about time.
+#[test]
+#[ignore = "a benchmark: bench/run.sh runs it"]
+fn bench_adaptive_concurrency() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let k = env("BENCH_K", 10);
+    let latency = Duration::from_millis(env("BENCH_LATENCY_MS", 2000) as u64);
+    let segments = 4 * k;
+    let mut runs = Vec::new();
+    for jobs in ["auto".to_string(), k.to_string()] {
+        let g = Google::new();
+        g.fake.max_in_flight(k);
+        g.fake.operation_latency(latency);
+        g.fake.polls_before_done(0);
+        g.p.write("ttv.yaml", storyboard(segments, &jobs));
+        let started = std::time::Instant::now();
+        let report = g.build(&[]).success().json();
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(count(&report, "failed"), 0, "{report:#}");
+        runs.push(serde_json::json!({
+            "jobs": jobs,
+            "wall_s": (wall * 1000.0).round() / 1000.0,
+            "limit": report["concurrency"]["video"]["limit"],
+            "throttled": g.fake.refused_for_load(),
+            "peak_in_flight": g.fake.peak_in_flight(),
+        }));
+    }
+    let out = serde_json::json!({
+        "k": k,
+        "segments": segments,
+        "latency_s": latency.as_secs_f64(),
+        "bound_s": bound(segments, k, latency.as_secs_f64(), 0.05),
+        "bound_jobs2_s": bound(segments, 2, latency.as_secs_f64(), 0.05),
+        "auto": runs[0],
+        "fixed": runs[1],
+    });
+    println!("BENCH {out}");
+}
