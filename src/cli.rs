@@ -76,6 +76,15 @@ pub enum Command {
         /// Count a model of unknown price as free against the budget (else it is over any).
         #[arg(long)]
         allow_unknown_cost: bool,
+        /// Use the remote cache without writing to it (for CI): no uploads, no leases.
+        #[arg(long, env = "TTV_REMOTE_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", default_value = "false")]
+        remote_read_only: bool,
+    },
+    /// The remote cache shared with a team and CI (`cache.remote` in ttv.yaml, or
+    /// TTV_REMOTE_CACHE): what is where, and moving results between it and this machine.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Approve frames (node ids, shot ids or `frames`): with `video.require_approval`, a
     /// segment is made only from approved frames. An approval is of the frame's current take.
@@ -133,9 +142,29 @@ pub enum Command {
         /// Really drop them (without it, only shows what would go).
         #[arg(long)]
         yes: bool,
+        /// Also drop them from the remote cache (never done without this flag).
+        #[arg(long)]
+        remote: bool,
     },
     /// Re-hash every blob in the cache; damaged ones are dropped so the next build remakes them.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// What the local and the remote cache hold (results, blobs, bytes), and which nodes of the
+    /// project each has.
+    Status,
+    /// Upload every local result the remote lacks (e.g. made while it was unreachable).
+    Push,
+    /// Download what the remote has for these targets (default: everything), e.g. before going
+    /// offline. Generates nothing.
+    Pull {
+        targets: Vec<String>,
+        /// Fail at once if a build holds the project, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -197,6 +226,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             max_cost,
             partial,
             allow_unknown_cost,
+            remote_read_only,
         } => {
             if *dry_run {
                 return plan(cli, load()?, targets, progress);
@@ -210,6 +240,8 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 max_cost: *max_cost,
                 allow_unknown_cost: *allow_unknown_cost,
                 partial: *partial,
+                remote_read_only: *remote_read_only,
+                remote_only: false,
             };
             if max_cost.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
                 return Err(UsageError::new("--max-cost takes an amount in USD, 0 or more").into());
@@ -243,14 +275,33 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             housekeeping::clean(&root, *cache, *yes, &progress)?;
             Ok(EXIT_OK)
         }
-        Command::Gc { yes } => {
+        Command::Gc { yes, remote } => {
             let project = load()?;
             let targets = crate::graph::all_targets(&project);
             let session = Session::open(project, &targets, &[], progress.clone())?;
             let _lock = BuildLock::acquire(&session.project.cache_dir(), Wait::Never, || {})?;
-            housekeeping::gc(&session, *yes, cli.json)?;
+            if *remote {
+                session.attach_remote(false)?;
+            }
+            housekeeping::gc(&session, *yes, *remote, cli.json)?;
             Ok(EXIT_OK)
         }
+        Command::Cache { command } => match command {
+            CacheCommand::Status => crate::cache_cmd::status(load()?, cli.json, progress),
+            CacheCommand::Push => crate::cache_cmd::push(load()?, cli.json, progress),
+            CacheCommand::Pull { targets, no_wait } => {
+                let opts = BuildOptions {
+                    targets: targets.clone(),
+                    no_wait: *no_wait,
+                    remote_only: true,
+                    ..Default::default()
+                };
+                if remote_of(&load()?)?.is_none() {
+                    return Err(no_remote().into());
+                }
+                run_build(cli, &root, load, &opts, progress)
+            }
+        },
         Command::Verify => {
             let Some(store) = Store::open_existing(&root.join(".ttv"))? else {
                 progress.info("no cache yet: nothing to verify");
@@ -322,7 +373,12 @@ pub(crate) fn build_project(
         preview = session.plan()?;
         session.check_tools(&preview)?;
     }
-    check_budget(&session, &preview, opts)?;
+    session.attach_remote(opts.remote_read_only)?;
+    // With a remote cache, what the local plan prices may come from it for free: each
+    // generation is checked against the budget as it starts instead.
+    if remote_of(&session.project)?.is_none() {
+        check_budget(&session, &preview, opts)?;
+    }
     let dirty = preview
         .nodes
         .iter()
@@ -370,6 +426,17 @@ pub(crate) fn build_project(
         }
     }
     Ok(report)
+}
+
+/// The remote cache URL the project uses, if any.
+fn remote_of(project: &Project) -> Result<Option<String>> {
+    crate::plan::remote_url(project)
+}
+
+fn no_remote() -> UsageError {
+    UsageError::new(
+        "no remote cache is configured: set `cache: {remote: s3://bucket/prefix}` in ttv.yaml, or TTV_REMOTE_CACHE",
+    )
 }
 
 /// A build estimated over its budget does not start (unless `--partial`); neither does one
@@ -626,7 +693,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
         None => store.actions_of_node(node)?,
     };
     let file_of = |a: &crate::store::Action| {
-        let path = store.blobs.path_of(&a.blob);
+        let path = store.blob_path(&a.blob);
         path.strip_prefix(&session.project.root)
             .unwrap_or(&path)
             .display()

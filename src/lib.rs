@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod build;
+pub mod cache_cmd;
 pub mod cli;
 pub mod decide;
 pub mod doctor;

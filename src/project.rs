@@ -41,6 +41,21 @@ pub struct Config {
     /// The most one build may spend, in USD (`ttv build --max-cost` overrides it).
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// `cache:`, a remote cache shared with a team and CI.
+    #[serde(default)]
+    pub cache: CacheSettings,
+}
+
+/// `cache:` in ttv.yaml.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `file:///shared/path` (`TTV_REMOTE_CACHE` overrides it). Credentials come from the
+    /// environment only.
+    pub remote: Option<String>,
+    /// `read-write` (default) or `read-only` (`--remote-read-only` forces it).
+    pub mode: crate::store::RemoteMode,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -694,6 +709,14 @@ impl Project {
                     "`budget_usd` must be an amount in USD, 0 or more",
                 )
                 .help("e.g. `budget_usd: 20`"),
+            );
+        }
+        if let Some(url) = &c.cache.remote
+            && let Err(message) = crate::store::remote::check_url(url)
+        {
+            errors.push(
+                self.error_at("cache.remote", message)
+                    .help("e.g. `remote: s3://my-bucket/ttv`, `gs://my-bucket/ttv` or `file:///srv/ttv-cache`"),
             );
         }
         for (model, p) in &c.prices {

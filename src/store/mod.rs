@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,6 +18,12 @@ use crate::backends::{OperationLog, Pending};
 use crate::materialize::{BUILD_DIR, MANIFEST, read_manifest};
 use crate::media::Media;
 use crate::recipe::TakeKeys;
+
+pub mod remote;
+mod tiers;
+
+pub use remote::{Remote, RemoteMode};
+pub use tiers::{Flight, RemoteLookup};
 
 /// The schema a cache is at: version 1 ([`SCHEMA`]) plus every step of [`MIGRATIONS`].
 const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -68,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE approvals(
          blob TEXT PRIMARY KEY, node_id TEXT NOT NULL, verdict TEXT NOT NULL,
          decided_at INTEGER NOT NULL);",
+    // 5: results made with a remote cache configured and not yet uploaded to it (the upload
+    // failed, or the build ended first): the next build and `ttv cache push` send them.
+    "CREATE TABLE unpushed(key TEXT PRIMARY KEY, queued_at INTEGER NOT NULL);",
 ];
 
 /// Seconds since the epoch.
@@ -116,6 +125,8 @@ pub struct Hit {
     pub size: u64,
     pub backend: String,
     pub cost_usd: f64,
+    /// Found in the remote cache by this build (downloaded, then recorded locally).
+    pub from_remote: bool,
 }
 
 impl From<&Action> for Hit {
@@ -127,6 +138,7 @@ impl From<&Action> for Hit {
             size: a.size,
             backend: a.backend.clone(),
             cost_usd: a.cost_usd,
+            from_remote: false,
         }
     }
 }
@@ -142,6 +154,7 @@ fn hit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hit> {
         size: r.get::<_, i64>(3)? as u64,
         backend: r.get(4)?,
         cost_usd: r.get(5)?,
+        from_remote: false,
     })
 }
 
@@ -381,8 +394,12 @@ impl BlobStore for LocalBlobs {
 /// The action index and the rest of the SQLite state.
 pub struct Store {
     pub dir: PathBuf,
-    pub blobs: LocalBlobs,
+    blobs: LocalBlobs,
     db: Mutex<Connection>,
+    /// The remote tier, when ttv.yaml or `TTV_REMOTE_CACHE` names one.
+    remote: OnceLock<Arc<Remote>>,
+    /// Uploads to the remote still running (write-behind), awaited by [`Store::flush_remote`].
+    uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Store {
@@ -430,7 +447,44 @@ impl Store {
                 tmp: dir.join("tmp"),
             },
             db: Mutex::new(conn),
+            remote: OnceLock::new(),
+            uploads: Mutex::default(),
         }
+    }
+
+    /// Where a blob of the local tier is (the file build/ links to). The remote tier fills the
+    /// local one, so every blob in use is here.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.blobs.path_of(hash)
+    }
+
+    /// Where temp files of results being made go (same file system as the blobs).
+    pub fn tmp_dir(&self) -> &Path {
+        self.blobs.tmp_dir()
+    }
+
+    /// Stores a finished temp file (see [`BlobStore::put_file`]).
+    pub fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)> {
+        self.blobs.put_file(tmp, media)
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)> {
+        self.blobs.put_bytes(bytes, media)
+    }
+
+    /// Whether a blob is present with its size (a cheap check).
+    pub fn has_blob(&self, hash: &str, size: u64) -> bool {
+        self.blobs.get(hash, size).is_some()
+    }
+
+    /// Re-hashes a blob: true when its bytes match its name.
+    pub fn verify_blob(&self, hash: &str) -> Result<bool> {
+        self.blobs.verify(hash)
+    }
+
+    /// Removes temp files that builds which ended abruptly left behind.
+    pub fn sweep_tmp(&self) {
+        self.blobs.sweep_tmp()
     }
 
     /// The database file.
@@ -1297,12 +1351,15 @@ impl OperationLog for Store {
              VALUES (?1, ?2, ?3, ?4, 'submitted')",
             params![key, backend, operation_name, now_secs()],
         )?;
+        // Shared, so a build resumed on another machine polls this operation too.
+        self.share_operation(key, Some((backend, operation_name)));
         Ok(())
     }
 
     fn clear(&self, key: &str) -> Result<()> {
         self.conn()
             .execute("DELETE FROM operations WHERE key = ?1", [key])?;
+        self.share_operation(key, None);
         Ok(())
     }
 }
