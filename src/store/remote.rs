@@ -27,7 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::TryStreamExt;
 use object_store::path::Path as OPath;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -203,10 +203,14 @@ impl Remote {
     /// Makes the client. No request is sent until a call needs one.
     pub fn open(url: &str, mode: RemoteMode) -> Result<Remote> {
         check_url(url).map_err(|e| anyhow!(e))?;
+        crate::backends::http::install_crypto_provider();
         let (scheme, rest) = url.split_once("://").expect("checked");
-        let options = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(300));
+        // Timeouts set key by key, over what the environment configures (AWS_ALLOW_HTTP, a
+        // proxy, ...), which a whole ClientOptions would replace.
+        let client_keys = [
+            (ClientConfigKey::ConnectTimeout, "5s"),
+            (ClientConfigKey::Timeout, "300s"),
+        ];
         let retry = RetryConfig {
             max_retries: 2,
             retry_timeout: Duration::from_secs(15),
@@ -225,30 +229,42 @@ impl Remote {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let bucket_url = format!("{scheme}://{bucket}");
                 let store: Arc<dyn ObjectStore> = match scheme {
-                    "s3" | "s3a" => Arc::new(
-                        object_store::aws::AmazonS3Builder::from_env()
+                    "s3" | "s3a" => {
+                        let mut b = object_store::aws::AmazonS3Builder::from_env()
                             .with_url(&bucket_url)
-                            .with_client_options(options)
-                            .with_retry(retry)
-                            .build()
-                            .with_context(|| format!("configuring the S3 remote {url}"))?,
-                    ),
-                    "gs" => Arc::new(
-                        object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_retry(retry);
+                        for (k, v) in client_keys {
+                            b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v);
+                        }
+                        Arc::new(
+                            b.build()
+                                .with_context(|| format!("configuring the S3 remote {url}"))?,
+                        )
+                    }
+                    "gs" => {
+                        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                             .with_url(&bucket_url)
-                            .with_client_options(options)
-                            .with_retry(retry)
-                            .build()
-                            .with_context(|| format!("configuring the GCS remote {url}"))?,
-                    ),
-                    _ => Arc::new(
-                        object_store::azure::MicrosoftAzureBuilder::from_env()
+                            .with_retry(retry);
+                        for (k, v) in client_keys {
+                            b = b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v);
+                        }
+                        Arc::new(
+                            b.build()
+                                .with_context(|| format!("configuring the GCS remote {url}"))?,
+                        )
+                    }
+                    _ => {
+                        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                             .with_url(&bucket_url)
-                            .with_client_options(options)
-                            .with_retry(retry)
-                            .build()
-                            .with_context(|| format!("configuring the Azure remote {url}"))?,
-                    ),
+                            .with_retry(retry);
+                        for (k, v) in client_keys {
+                            b = b.with_config(object_store::azure::AzureConfigKey::Client(k), v);
+                        }
+                        Arc::new(
+                            b.build()
+                                .with_context(|| format!("configuring the Azure remote {url}"))?,
+                        )
+                    }
                 };
                 (store, prefix)
             }

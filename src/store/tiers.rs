@@ -312,9 +312,10 @@ impl Store {
     /// Queues new results for the remote and starts uploading them (write-behind); the lease,
     /// if held, is released once they are there. Nothing here fails the build.
     pub fn publish(&self, keys: &[String], lease: Option<LeaseGuard>) {
-        let Some(remote) = self.shared().cloned() else {
+        // Queued even while the remote is down: the next build or `ttv cache push` sends them.
+        if !self.configured_remote().is_some_and(|r| r.writable()) {
             return;
-        };
+        }
         let queued = (|| -> Result<()> {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
@@ -330,6 +331,9 @@ impl Store {
         // Not queued (the database refused): `ttv cache push` still finds it by comparing
         // with the remote.
         drop(queued);
+        let Some(remote) = self.shared().cloned() else {
+            return;
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
