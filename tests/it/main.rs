@@ -9,6 +9,7 @@ mod google;
 mod google_2026;
 mod reliability_cli;
 mod reliability_store;
+mod remote;
 mod review;
 mod review_gate;
 mod support;
