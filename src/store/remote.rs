@@ -228,43 +228,37 @@ impl Remote {
             _ => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let bucket_url = format!("{scheme}://{bucket}");
-                let store: Arc<dyn ObjectStore> = match scheme {
-                    "s3" | "s3a" => {
-                        let mut b = object_store::aws::AmazonS3Builder::from_env()
+                // The providers' builders differ in type, not in how they are set up.
+                macro_rules! cloud {
+                    ($builder:ty, $key:path, $what:literal) => {{
+                        let mut b = <$builder>::from_env()
                             .with_url(&bucket_url)
                             .with_retry(retry);
                         for (k, v) in client_keys {
-                            b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v);
+                            b = b.with_config($key(k), v);
                         }
-                        Arc::new(
-                            b.build()
-                                .with_context(|| format!("configuring the S3 remote {url}"))?,
-                        )
-                    }
-                    "gs" => {
-                        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                            .with_url(&bucket_url)
-                            .with_retry(retry);
-                        for (k, v) in client_keys {
-                            b = b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v);
-                        }
-                        Arc::new(
-                            b.build()
-                                .with_context(|| format!("configuring the GCS remote {url}"))?,
-                        )
-                    }
-                    _ => {
-                        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                            .with_url(&bucket_url)
-                            .with_retry(retry);
-                        for (k, v) in client_keys {
-                            b = b.with_config(object_store::azure::AzureConfigKey::Client(k), v);
-                        }
-                        Arc::new(
-                            b.build()
-                                .with_context(|| format!("configuring the Azure remote {url}"))?,
-                        )
-                    }
+                        let store = b
+                            .build()
+                            .with_context(|| format!("configuring the {} remote {url}", $what))?;
+                        Arc::new(store) as Arc<dyn ObjectStore>
+                    }};
+                }
+                let store = match scheme {
+                    "s3" | "s3a" => cloud!(
+                        object_store::aws::AmazonS3Builder,
+                        object_store::aws::AmazonS3ConfigKey::Client,
+                        "S3"
+                    ),
+                    "gs" => cloud!(
+                        object_store::gcp::GoogleCloudStorageBuilder,
+                        object_store::gcp::GoogleConfigKey::Client,
+                        "GCS"
+                    ),
+                    _ => cloud!(
+                        object_store::azure::MicrosoftAzureBuilder,
+                        object_store::azure::AzureConfigKey::Client,
+                        "Azure"
+                    ),
                 };
                 (store, prefix)
             }

@@ -138,6 +138,19 @@ fn a_second_machine_builds_from_an_s3_remote_without_paying() {
     let s3 = S3Server::start();
     let team = Team::new(s3.env("team"));
     second_machine_pays_nothing(&team);
+    // A no-op build with the remote configured sends it nothing.
+    let before = s3.requests().len();
+    let again = team.machine();
+    team.build(&again, &[], &[]).success();
+    let fetched = s3.requests().len();
+    assert!(fetched > before, "a fresh machine asks the remote");
+    team.build(&again, &[], &[]).success();
+    assert_eq!(
+        s3.requests().len(),
+        fetched,
+        "the no-op build sent nothing to the remote: {:#?}",
+        &s3.requests()[fetched..]
+    );
     let writes = s3.writes();
     assert!(
         writes.iter().any(|w| w.contains("/team/v1/blobs/"))
