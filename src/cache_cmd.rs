@@ -11,6 +11,7 @@ use crate::error::{EXIT_OK, UsageError};
 use crate::plan::{Session, remote_url};
 use crate::progress::{Progress, Verbosity, emit};
 use crate::project::Project;
+use crate::store::tier::ActionTier;
 use crate::store::{BuildLock, Remote, RemoteMode, Store, Wait};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -13,6 +13,7 @@ use crate::media::Media;
 use crate::plan::Session;
 use crate::progress::{Progress, emit};
 use crate::project::CONFIG_FILE;
+use crate::store::tier::ActionTier;
 use crate::store::{BuildLock, Store, Wait, hash_file, write_error};
 
 const INIT_YAML: &str = r#"version: 1

@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,8 +18,12 @@ use crate::materialize::{BUILD_DIR, MANIFEST, read_manifest};
 use crate::media::Media;
 use crate::recipe::TakeKeys;
 
+mod local;
 pub mod remote;
+pub mod tier;
 mod tiers;
+
+use local::LocalBlobs;
 
 pub use remote::{Remote, RemoteMode};
 pub use tiers::{Flight, RemoteLookup};
@@ -201,77 +204,6 @@ pub struct BuildRecord {
     pub saved_usd: f64,
 }
 
-/// Content-addressed blobs by blake3 hash. The local folder today; a remote tier (S3/GCS)
-/// later sits behind the same calls.
-pub trait BlobStore: Send + Sync {
-    /// Moves a finished temp file in: checks it is a whole file of its media type, hashes it,
-    /// fsyncs, renames. Returns the hash and size. Nothing is kept when any step fails.
-    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)>;
-    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)>;
-    /// The blob's path, if it is present with the expected size (a cheap check).
-    fn get(&self, hash: &str, size: u64) -> Option<PathBuf>;
-    /// Re-hashes a blob: true when its bytes match its name.
-    fn verify(&self, hash: &str) -> Result<bool>;
-}
-
-/// The local blob folder, `.ttv/objects/ab/cdef...`.
-pub struct LocalBlobs {
-    objects: PathBuf,
-    tmp: PathBuf,
-}
-
-/// Files in `.ttv/tmp` older than this were left by a build that was killed or lost power (a
-/// build's own temp files live minutes at most, under the build lock).
-const STALE_TMP: Duration = Duration::from_secs(3600);
-
-impl LocalBlobs {
-    pub fn path_of(&self, hash: &str) -> PathBuf {
-        self.objects.join(&hash[..2]).join(&hash[2..])
-    }
-
-    pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Whether the blob is in place with exactly its bytes. A file of the right name is not
-    /// enough: one damaged on disk must be replaced when the same bytes are made again.
-    fn holds(&self, hash: &str, size: u64) -> bool {
-        self.get(hash, size)
-            .is_some_and(|p| hash_file(&p).is_ok_and(|(h, _)| h == hash))
-    }
-
-    /// Renames a checked, synced temp file to the blob's name (over a damaged blob of that name).
-    fn install(&self, tmp: tempfile::TempPath, hash: &str) -> Result<()> {
-        let dest = self.path_of(hash);
-        let dir = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir).map_err(|e| write_error(e, dir))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(blob_mode()))
-            .with_context(|| format!("making {} read-only", tmp.display()))?;
-        tmp.persist(&dest)
-            .map_err(|e| write_error(e.error, &dest))?;
-        File::open(dir).and_then(|d| d.sync_all()).ok();
-        Ok(())
-    }
-
-    /// Removes the temp files that builds which ended abruptly left behind. Run under the build
-    /// lock.
-    pub fn sweep_tmp(&self) {
-        let Ok(entries) = fs::read_dir(&self.tmp) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let stale = entry.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && m.modified()
-                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
-            });
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
 /// The mode of every blob: no write bits (a blob's bytes are its name), readable by whom the
 /// umask lets read. The files in build/ are hard links to blobs, so this is their mode too:
 /// 0444 under the usual umask 022, so other users can play final.mp4, and never writable,
@@ -338,57 +270,6 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
     }
     Ok((hasher.finalize().to_hex().to_string(), size))
-}
-
-impl BlobStore for LocalBlobs {
-    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)> {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| write_error(e, &tmp))?;
-        media
-            .check_file(&tmp)
-            .with_context(|| format!("reading {}", tmp.display()))?
-            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
-        let (hash, size) = hash_file(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
-        if !self.holds(&hash, size) {
-            self.install(tmp, &hash)?;
-        }
-        Ok((hash, size))
-    }
-
-    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)> {
-        media
-            .check_bytes(bytes)
-            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
-        let hash = blake3::hash(bytes).to_hex().to_string();
-        let size = bytes.len() as u64;
-        if self.holds(&hash, size) {
-            return Ok((hash, size));
-        }
-        let mut f =
-            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| write_error(e, &self.tmp))?;
-        f.write_all(bytes)
-            .and_then(|_| f.as_file().sync_all())
-            .map_err(|e| write_error(e, f.path()))?;
-        self.install(f.into_temp_path(), &hash)?;
-        Ok((hash, size))
-    }
-
-    fn get(&self, hash: &str, size: u64) -> Option<PathBuf> {
-        let p = self.path_of(hash);
-        match fs::metadata(&p) {
-            Ok(m) if m.len() == size => Some(p),
-            _ => None,
-        }
-    }
-
-    fn verify(&self, hash: &str) -> Result<bool> {
-        match hash_file(&self.path_of(hash)) {
-            Ok((h, _)) => Ok(h == hash),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).context("reading a blob"),
-        }
-    }
 }
 
 /// The action index and the rest of the SQLite state.
@@ -1429,6 +1310,7 @@ impl BuildLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// Two `ttv build`s started together both open a cache that does not exist yet; the
     /// build lock comes later, so the schema must be made once without either failing.

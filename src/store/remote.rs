@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::path::Path as OPath;
 use object_store::{
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::now_ns;
+use super::tier::{ActionRecord, ActionTier, BlobTier, OperationRecord, Tier};
 
 /// How long a lease lasts without renewal (`TTV_LEASE_SECONDS` shortens it, e.g. in tests).
 const LEASE_SECONDS: u64 = 90;
@@ -44,39 +46,6 @@ pub enum RemoteMode {
     #[default]
     ReadWrite,
     ReadOnly,
-}
-
-/// One result as the remote keeps it (`v1/actions/<base key>/<take>.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SharedAction {
-    pub key: String,
-    pub base_key: String,
-    pub take: u32,
-    pub node_kind: String,
-    pub node_id: String,
-    pub blob: String,
-    pub size: u64,
-    pub media_type: String,
-    pub backend: String,
-    pub model: String,
-    pub cost_usd: f64,
-    pub created_at: i64,
-    pub gen_ms: i64,
-    #[serde(default)]
-    pub provenance: Option<String>,
-    /// The canonical recipe JSON the key was made from.
-    pub recipe: String,
-    /// Who made it (`user@host`).
-    pub machine: String,
-}
-
-/// A submitted video operation (`v1/operations/<key>.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SharedOperation {
-    pub backend: String,
-    pub operation: String,
-    pub machine: String,
-    pub submitted_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,124 +359,6 @@ impl Remote {
             .collect())
     }
 
-    /// The takes the remote has of a base key.
-    pub async fn takes(&self, base_key: &str) -> Result<Vec<u32>> {
-        let mut takes: Vec<u32> = self
-            .list_names(&self.actions_dir(base_key))
-            .await?
-            .into_iter()
-            .filter_map(|(n, _)| n.strip_suffix(".json")?.parse().ok())
-            .collect();
-        takes.sort_unstable();
-        Ok(takes)
-    }
-
-    pub async fn action(&self, base_key: &str, take: u32) -> Result<Option<SharedAction>> {
-        self.get_json(&self.action_path(base_key, take)).await
-    }
-
-    /// The size of a blob the remote has.
-    pub async fn has_blob(&self, hash: &str) -> Result<Option<u64>> {
-        self.check_up()?;
-        match self.store.head(&self.blob_path(hash)).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.fail("looking up a blob", &e)),
-        }
-    }
-
-    /// Downloads a blob into `dest` (a temp file). `Ok(false)` when the remote lacks it.
-    /// The caller checks the hash: the remote is not trusted to hold what it names.
-    pub async fn get_blob(&self, hash: &str, dest: &Path) -> Result<bool> {
-        self.check_up()?;
-        let result = match self.store.get(&self.blob_path(hash)).await {
-            Ok(r) => r,
-            Err(e) if is_not_found(&e) => return Ok(false),
-            Err(e) => return Err(self.fail("downloading a blob", &e)),
-        };
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .with_context(|| format!("writing {}", dest.display()))?;
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.fail("downloading a blob", &e))?
-        {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| super::write_error(e, dest))?;
-        }
-        file.flush().await?;
-        Ok(true)
-    }
-
-    /// Uploads a blob (unconditionally: same name, same bytes; a damaged copy is replaced).
-    pub async fn put_blob(&self, hash: &str, src: &Path) -> Result<()> {
-        self.check_up()?;
-        let bytes = tokio::fs::read(src)
-            .await
-            .with_context(|| format!("reading {}", src.display()))?;
-        self.store
-            .put(&self.blob_path(hash), PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.fail("uploading a blob", &e))?;
-        Ok(())
-    }
-
-    /// Publishes an action (after its blob). Never overwrites: when the take is already there
-    /// with another blob (made elsewhere at the same time), this one becomes the next free take
-    /// (`renumber` gives its key at that take). Returns the take it was written as.
-    pub async fn put_action(
-        &self,
-        a: &SharedAction,
-        renumber: impl Fn(u32) -> String,
-    ) -> Result<u32> {
-        let mut a = a.clone();
-        loop {
-            if self
-                .create_json(&self.action_path(&a.base_key, a.take), &a)
-                .await?
-            {
-                return Ok(a.take);
-            }
-            if let Some(there) = self.action(&a.base_key, a.take).await?
-                && there.blob == a.blob
-            {
-                return Ok(a.take);
-            }
-            let next = self.takes(&a.base_key).await?.last().copied().unwrap_or(0) + 1;
-            a.take = next.max(a.take + 1);
-            a.key = renumber(a.take);
-        }
-    }
-
-    pub async fn operation(&self, key: &str) -> Result<Option<SharedOperation>> {
-        self.get_json(&self.operation_path(key)).await
-    }
-
-    pub async fn put_operation(&self, key: &str, backend: &str, operation: &str) -> Result<()> {
-        self.check_up()?;
-        let op = SharedOperation {
-            backend: backend.into(),
-            operation: operation.into(),
-            machine: self.machine.clone(),
-            submitted_at: super::now_secs(),
-        };
-        self.store
-            .put(
-                &self.operation_path(key),
-                PutPayload::from(serde_json::to_vec_pretty(&op)?),
-            )
-            .await
-            .map_err(|e| self.fail("recording an operation", &e))?;
-        Ok(())
-    }
-
-    pub async fn clear_operation(&self, key: &str) -> Result<()> {
-        self.delete(&self.operation_path(key)).await
-    }
-
     /// The leases on record for a key, by number.
     async fn leases(&self, key: &str) -> Result<Vec<u64>> {
         let mut ns: Vec<u64> = self
@@ -634,5 +485,136 @@ impl Remote {
 
     pub async fn delete_action(&self, base_key: &str, take: u32) -> Result<()> {
         self.delete(&self.action_path(base_key, take)).await
+    }
+}
+
+#[async_trait]
+impl BlobTier for Remote {
+    async fn blob_size(&self, hash: &str) -> Result<Option<u64>> {
+        self.check_up()?;
+        match self.store.head(&self.blob_path(hash)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.fail("looking up a blob", &e)),
+        }
+    }
+
+    async fn read_blob(&self, hash: &str, dest: &Path) -> Result<bool> {
+        self.check_up()?;
+        let result = match self.store.get(&self.blob_path(hash)).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(self.fail("downloading a blob", &e)),
+        };
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .with_context(|| format!("writing {}", dest.display()))?;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.fail("downloading a blob", &e))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| super::write_error(e, dest))?;
+        }
+        file.flush().await?;
+        Ok(true)
+    }
+
+    /// Unconditional: same name, same bytes (a damaged copy is replaced).
+    async fn write_blob(&self, hash: &str, src: &Path) -> Result<()> {
+        self.check_up()?;
+        let bytes = tokio::fs::read(src)
+            .await
+            .with_context(|| format!("reading {}", src.display()))?;
+        self.store
+            .put(&self.blob_path(hash), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.fail("uploading a blob", &e))?;
+        Ok(())
+    }
+
+    /// Downloads the blob to hash it (`ttv cache status` and builds do not: a build checks
+    /// what it downloads anyway).
+    async fn verify_blob(&self, hash: &str) -> Result<bool> {
+        let tmp = tempfile::NamedTempFile::new()?.into_temp_path();
+        if !self.read_blob(hash, &tmp).await? {
+            return Ok(false);
+        }
+        Ok(super::hash_file(&tmp)?.0 == hash)
+    }
+}
+
+#[async_trait]
+impl ActionTier for Remote {
+    async fn takes(&self, base_key: &str) -> Result<Vec<u32>> {
+        let mut takes: Vec<u32> = self
+            .list_names(&self.actions_dir(base_key))
+            .await?
+            .into_iter()
+            .filter_map(|(n, _)| n.strip_suffix(".json")?.parse().ok())
+            .collect();
+        takes.sort_unstable();
+        Ok(takes)
+    }
+
+    async fn action(&self, base_key: &str, take: u32) -> Result<Option<ActionRecord>> {
+        self.get_json(&self.action_path(base_key, take)).await
+    }
+
+    /// A conditional create: the action is the commit point of an upload, and never
+    /// overwrites another machine's.
+    async fn record(&self, a: &ActionRecord) -> Result<u32> {
+        let mut a = ActionRecord {
+            machine: self.machine.clone(),
+            ..a.clone()
+        };
+        loop {
+            if self
+                .create_json(&self.action_path(&a.base_key, a.take), &a)
+                .await?
+            {
+                return Ok(a.take);
+            }
+            if let Some(there) = self.action(&a.base_key, a.take).await?
+                && there.blob == a.blob
+            {
+                return Ok(a.take);
+            }
+            let next = self.takes(&a.base_key).await?.last().copied().unwrap_or(0) + 1;
+            a = a.renumbered(next.max(a.take + 1));
+        }
+    }
+
+    async fn operation(&self, key: &str) -> Result<Option<OperationRecord>> {
+        self.get_json(&self.operation_path(key)).await
+    }
+
+    async fn record_operation(&self, key: &str, op: &OperationRecord) -> Result<()> {
+        self.check_up()?;
+        let op = OperationRecord {
+            machine: self.machine.clone(),
+            ..op.clone()
+        };
+        self.store
+            .put(
+                &self.operation_path(key),
+                PutPayload::from(serde_json::to_vec_pretty(&op)?),
+            )
+            .await
+            .map_err(|e| self.fail("recording an operation", &e))?;
+        Ok(())
+    }
+
+    async fn clear_operation(&self, key: &str) -> Result<()> {
+        self.delete(&self.operation_path(key)).await
+    }
+}
+
+impl Tier for Remote {
+    fn name(&self) -> String {
+        self.url.clone()
     }
 }

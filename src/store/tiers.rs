@@ -1,30 +1,33 @@
-//! The tiers of the cache composed: the local one (SQLite + `.ttv/objects`) first, the remote
-//! one ([`Remote`]) behind it. A local miss asks the remote; a remote hit is downloaded, checked
-//! against its hash and recorded locally (a hit in the slower tier fills the faster one, as in
-//! sccache's multi-level storage). New results are stored locally first, then uploaded
-//! (write-behind): an upload that fails is queued in the `unpushed` table and sent by the next
-//! build or `ttv cache push`, never failing the build.
+//! The tiers of the cache composed, fastest first: the local one (SQLite + `.ttv/objects`),
+//! then the remote one ([`Remote`]). A local miss asks the slower tiers; a hit there is copied,
+//! checked against its hash, into every faster tier (as sccache's multi-level storage fills
+//! its faster levels). New results are stored locally first, then copied to the remote
+//! (write-behind): a copy that fails is queued in the `unpushed` table and sent by the next
+//! build or `ttv cache push`, never failing the build. Every move between tiers is the same
+//! [`copy_result`], over the tier interfaces of [`super::tier`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::params;
 
-use super::remote::{Lease, LeaseOutcome, Remote, SharedAction};
-use super::{Action, BlobStore, Hit, Store, now_secs};
+use super::local::media_of;
+use super::remote::{Lease, LeaseOutcome, Remote};
+use super::tier::{ActionRecord, OperationRecord, Tier};
+use super::{Hit, Store, now_secs};
 use crate::backends::OperationLog;
-use crate::media::Media;
-use crate::recipe::{Recipe, TakeKeys};
+use crate::recipe::TakeKeys;
 
-/// Which result of a recipe the build wants from the remote.
+/// Which result of a recipe the build wants from the slower tiers.
 #[derive(Debug, Clone)]
 pub struct RemoteLookup<'a> {
     pub node_id: &'a str,
     /// The canonical recipe JSON at take 0 (the keys of all takes derive from it).
     pub base_json: &'a str,
     pub base_key: &'a str,
-    /// A take pinned in ttv.yaml, or already chosen locally; `None`: the remote's latest.
+    /// A take pinned in ttv.yaml, or already chosen locally; `None`: the tier's latest.
     pub take: Option<u32>,
 }
 
@@ -59,22 +62,57 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// The media type of a blob from the MIME type an action records.
-fn media_of(mime: &str) -> Option<Media> {
-    match mime {
-        "image/png" => Some(Media::Png),
-        "video/mp4" => Some(Media::Mp4),
-        _ => None,
+/// Copies one result from `from` into each tier of `to`: its blob (unless there with its
+/// size), checked against its hash and media type on the way, then its record, the commit
+/// point. `tmp` is a folder for the bytes in transit. Returns the take each tier recorded it as
+/// (a tier that already had that take with other bytes gives it the next free one).
+async fn copy_result(
+    tmp: &Path,
+    from: &dyn Tier,
+    to: &[&dyn Tier],
+    rec: &ActionRecord,
+) -> Result<Vec<u32>> {
+    let mut in_transit: Option<tempfile::TempPath> = None;
+    let mut takes = Vec::new();
+    for tier in to {
+        if tier.blob_size(&rec.blob).await? != Some(rec.size) {
+            if in_transit.is_none() {
+                let path = tempfile::NamedTempFile::new_in(tmp)
+                    .map_err(|e| super::write_error(e, tmp))?
+                    .into_temp_path();
+                if !from.read_blob(&rec.blob, &path).await? {
+                    bail!("{} lacks the blob {}", from.name(), &rec.blob[..12]);
+                }
+                let (hash, _) = super::hash_file(&path).context("reading a blob in transit")?;
+                if hash != rec.blob {
+                    bail!(
+                        "{}: the blob {} in {} is damaged (its bytes hash to {}); not used",
+                        rec.node_id,
+                        &rec.blob[..12],
+                        from.name(),
+                        &hash[..12]
+                    );
+                }
+                let whole = media_of(&rec.media_type)
+                    .map(|m| m.check_file(&path))
+                    .transpose()
+                    .context("reading a blob in transit")?;
+                if let Some(Err(e)) = whole {
+                    bail!(
+                        "{}: the blob {} in {} is {e}",
+                        rec.node_id,
+                        &rec.blob[..12],
+                        from.name()
+                    );
+                }
+                in_transit = Some(path);
+            }
+            let path = in_transit.as_ref().expect("read above");
+            tier.write_blob(&rec.blob, path).await?;
+        }
+        takes.push(tier.record(rec).await?);
     }
-}
-
-/// The key of take `take` of the recipe recorded as `recipe_json` (at any take).
-fn key_for_take(recipe_json: &str, take: u32) -> Option<String> {
-    let r: Recipe = serde_json::from_str(recipe_json).ok()?;
-    Some(Recipe::key_at_take(
-        &Recipe { take: 0, ..r }.canonical_json(),
-        take,
-    ))
+    Ok(takes)
 }
 
 impl Store {
@@ -98,103 +136,64 @@ impl Store {
         self.remote().filter(|r| r.writable())
     }
 
-    /// Looks a result up in the remote after a local miss. A hit is downloaded, checked against
-    /// its hash and media type, and recorded locally; then it is a local hit like any other.
-    /// A damaged or mismatched remote result is a miss, with a warning; so is a remote that does
-    /// not answer (`warn` is told once, by the caller's dedup).
+    /// The tiers that answer now, fastest first: this local one, then the remote.
+    fn tiers(&self) -> Vec<&dyn Tier> {
+        let mut tiers: Vec<&dyn Tier> = vec![self];
+        if let Some(r) = self.remote() {
+            tiers.push(r.as_ref());
+        }
+        tiers
+    }
+
+    /// Looks a result up in the slower tiers after a local miss. A hit is copied into every
+    /// faster tier (downloaded, checked against its hash and media type, recorded); then it is
+    /// a local hit like any other. A damaged or mismatched result is a miss, with a warning;
+    /// so is a tier that does not answer.
     pub async fn fetch_remote(
         &self,
         want: &RemoteLookup<'_>,
         warn: &(dyn Fn(&str) + Send + Sync),
     ) -> Option<Hit> {
-        let remote = self.remote()?;
-        let found = async {
-            let take = match want.take {
-                Some(t) => t,
-                None => match remote.takes(want.base_key).await?.last() {
-                    Some(&t) => t,
-                    None => return Ok(None),
-                },
-            };
-            let Some(a) = remote.action(want.base_key, take).await? else {
-                return Ok(None);
-            };
-            self.adopt(remote, want, a).await
-        }
-        .await;
-        match found {
-            Ok(hit) => hit,
-            Err(e) => {
-                warn(&self.remote_trouble(&e));
-                None
+        let tiers = self.tiers();
+        for (i, tier) in tiers.iter().enumerate().skip(1) {
+            let found = async {
+                let Some(rec) = find(*tier, want).await? else {
+                    return Ok(None);
+                };
+                let takes = copy_result(self.tmp_dir(), *tier, &tiers[..i], &rec).await?;
+                // The take the local tier recorded it as (the next free one if its number
+                // was taken here by other bytes).
+                let take = takes[0];
+                anyhow::Ok(Some(Hit {
+                    key: TakeKeys::new(want.base_json).at(take),
+                    take,
+                    blob: rec.blob,
+                    size: rec.size,
+                    backend: rec.backend,
+                    cost_usd: rec.cost_usd,
+                    from_remote: true,
+                }))
+            }
+            .await;
+            match found {
+                Ok(Some(hit)) => return Some(hit),
+                Ok(None) => {}
+                Err(e) => warn(&self.remote_trouble(&e)),
             }
         }
+        None
     }
 
     /// What to tell the user when a remote call fails.
     fn remote_trouble(&self, e: &anyhow::Error) -> String {
-        format!(
-            "{e:#}; continuing with the local cache only (results made now are uploaded by the next build or `ttv cache push`)"
-        )
-    }
-
-    /// Checks a remote action against the recipe wanted, downloads and checks its blob, and
-    /// records it locally.
-    async fn adopt(
-        &self,
-        remote: &Remote,
-        want: &RemoteLookup<'_>,
-        a: SharedAction,
-    ) -> Result<Option<Hit>> {
-        // The key is recomputed here: an action is only trusted for the recipe it names.
-        let key = TakeKeys::new(want.base_json).at(a.take);
-        let Some(media) = media_of(&a.media_type) else {
-            return Ok(None);
-        };
-        if a.key != key || a.base_key != want.base_key || a.blob.len() != 64 {
-            return Ok(None);
+        if self.remote().is_some() {
+            // The remote answers: one result was not usable.
+            format!("{e:#}")
+        } else {
+            format!(
+                "{e:#}; continuing with the local cache only (results made now are uploaded by the next build or `ttv cache push`)"
+            )
         }
-        if self.blobs.get(&a.blob, a.size).is_none() || !self.blobs.verify(&a.blob).unwrap_or(false)
-        {
-            let tmp = tempfile::NamedTempFile::new_in(self.blobs.tmp_dir())
-                .map_err(|e| super::write_error(e, self.blobs.tmp_dir()))?
-                .into_temp_path();
-            if !remote.get_blob(&a.blob, &tmp).await? {
-                return Ok(None);
-            }
-            let (hash, _) = super::hash_file(&tmp).context("reading a downloaded blob")?;
-            if hash != a.blob {
-                anyhow::bail!(
-                    "{}: the remote's blob {} is damaged (its bytes hash to {}); not used",
-                    want.node_id,
-                    &a.blob[..12],
-                    &hash[..12]
-                );
-            }
-            self.blobs.put_file(tmp, media).with_context(|| {
-                format!("{}: the remote's blob {}", want.node_id, &a.blob[..12])
-            })?;
-        }
-        let action = Action {
-            key: a.key.clone(),
-            base_key: a.base_key.clone(),
-            node_kind: a.node_kind.clone(),
-            node_id: want.node_id.to_string(),
-            blob: a.blob.clone(),
-            media_type: a.media_type.clone(),
-            backend: a.backend.clone(),
-            model: a.model.clone(),
-            created_at: a.created_at,
-            gen_ms: a.gen_ms,
-            cost_usd: a.cost_usd,
-            take: a.take,
-            size: a.size,
-            provenance: a.provenance.clone(),
-        };
-        self.record_action(&action, &a.recipe)?;
-        let mut hit = Hit::from(&action);
-        hit.from_remote = true;
-        Ok(Some(hit))
     }
 
     /// Before paying for a dirty node: with a writable remote, either another machine's result
@@ -209,10 +208,10 @@ impl Store {
         let Some(remote) = self.shared().cloned() else {
             return Flight::Alone;
         };
-        let key = match want.take {
-            Some(t) => TakeKeys::new(want.base_json).at(t),
-            None => return Flight::Alone,
+        let Some(take) = want.take else {
+            return Flight::Alone;
         };
+        let key = TakeKeys::new(want.base_json).at(take);
         let poll = (remote.lease_ttl / 6).clamp(Duration::from_millis(200), Duration::from_secs(5));
         let mut waited = false;
         loop {
@@ -245,7 +244,7 @@ impl Store {
                         status(format!(
                             "waiting: {holder} is making it (lease for {left}s more)"
                         ));
-                        Ok(None)
+                        anyhow::Ok(None)
                     }
                 }
             }
@@ -267,14 +266,11 @@ impl Store {
     /// Records locally a video operation another machine submitted for `key` (and did not
     /// finish), so the backend polls it instead of submitting again.
     async fn adopt_operation(&self, remote: &Remote, key: &str) -> Result<()> {
+        use super::tier::ActionTier;
         if let Some(op) = remote.operation(key).await?
             && self.pending(key, &op.backend).is_none()
         {
-            self.conn().execute(
-                "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state)
-                 VALUES (?1, ?2, ?3, ?4, 'submitted')",
-                params![key, op.backend, op.operation, op.submitted_at],
-            )?;
+            self.record_operation(key, &op).await?;
         }
         Ok(())
     }
@@ -289,6 +285,7 @@ impl Store {
 
     /// Shares a submitted operation with the remote (`None`: it is over), in the background.
     pub(super) fn share_operation(&self, key: &str, op: Option<(&str, &str)>) {
+        use super::tier::ActionTier;
         let Some(remote) = self.shared().cloned() else {
             return;
         };
@@ -296,10 +293,15 @@ impl Store {
             return;
         };
         let key = key.to_string();
-        let op = op.map(|(b, o)| (b.to_string(), o.to_string()));
+        let op = op.map(|(backend, name)| OperationRecord {
+            backend: backend.into(),
+            operation: name.into(),
+            machine: String::new(),
+            submitted_at: now_secs(),
+        });
         let task = rt.spawn(async move {
             let _ = match op {
-                Some((backend, name)) => remote.put_operation(&key, &backend, &name).await,
+                Some(op) => remote.record_operation(&key, &op).await,
                 None => remote.clear_operation(&key).await,
             };
         });
@@ -309,9 +311,9 @@ impl Store {
             .push(task);
     }
 
-    /// Queues new results for the remote and starts uploading them (write-behind); the lease,
-    /// if held, is released once they are there. Nothing here fails the build.
-    pub fn publish(&self, keys: &[String], lease: Option<LeaseGuard>) {
+    /// Queues new results for the remote and starts copying them there (write-behind); the
+    /// lease, if held, is released once they are there. Nothing here fails the build.
+    pub fn publish(self: &Arc<Self>, keys: &[String], lease: Option<LeaseGuard>) {
         // Queued even while the remote is down: the next build or `ttv cache push` sends them.
         if !self.configured_remote().is_some_and(|r| r.writable()) {
             return;
@@ -337,34 +339,28 @@ impl Store {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let work: Vec<_> = keys
+        let records: Vec<ActionRecord> = keys
             .iter()
-            .filter_map(|k| {
-                let a = self.action(k).ok()??;
-                let recipe = self.recipe_json(k).ok()??;
-                let path = self.blobs.path_of(&a.blob);
-                Some((a, recipe, path))
-            })
+            .filter_map(|k| self.record_by_key(k).ok().flatten())
             .collect();
-        let store_dir = self.dir.clone();
+        let store = self.clone();
         let task = rt.spawn(async move {
             let mut done = Vec::new();
-            for (a, recipe, path) in work {
-                if upload(&remote, &a, &recipe, &path).await.is_ok() {
-                    done.push(a.key.clone());
+            for rec in records {
+                let to: [&dyn Tier; 1] = [remote.as_ref()];
+                if copy_result(store.tmp_dir(), store.as_ref(), &to, &rec)
+                    .await
+                    .is_ok()
+                {
+                    use super::tier::ActionTier;
+                    let _ = remote.clear_operation(&rec.key).await;
+                    done.push(rec.key);
                 }
             }
             if let Some(guard) = lease {
                 guard.give_back(&remote).await;
             }
-            // Marked as sent on a connection of its own: this task may outlive the caller's.
-            if !done.is_empty()
-                && let Ok(conn) = super::connect(&store_dir.join(super::DB_FILE))
-            {
-                for k in done {
-                    let _ = conn.execute("DELETE FROM unpushed WHERE key = ?1", [k]);
-                }
-            }
+            store.unqueue(&done);
         });
         self.uploads
             .lock()
@@ -372,14 +368,21 @@ impl Store {
             .push(task);
     }
 
+    fn unqueue(&self, keys: &[String]) {
+        let conn = self.conn();
+        for k in keys {
+            let _ = conn.execute("DELETE FROM unpushed WHERE key = ?1", [k]);
+        }
+    }
+
     /// Sends what earlier builds queued and could not upload. Returns how many were queued.
-    pub fn publish_queued(&self) -> usize {
+    pub fn publish_queued(self: &Arc<Self>) -> usize {
         if self.shared().is_none() {
             return 0;
         }
         let keys: Vec<String> = (|| -> Result<Vec<String>> {
             let conn = self.conn();
-            let mut st = conn.prepare("SELECT key FROM unpushed")?;
+            let mut st = conn.prepare_cached("SELECT key FROM unpushed")?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })()
@@ -413,19 +416,19 @@ impl Store {
         self.configured_remote().and_then(|r| r.down())
     }
 
-    /// Uploads every local result the remote lacks (`ttv cache push`): (uploaded, already
-    /// there).
+    /// Copies every local result the remote lacks (`ttv cache push`): (copied, already there).
     pub async fn push_all(&self, progress: &dyn Fn(&str)) -> Result<(usize, usize)> {
         let remote = self
             .remote()
-            .ok_or_else(|| {
-                anyhow!(
+            .ok_or_else(|| match self.configured_remote().and_then(|r| r.down()) {
+                Some(why) => anyhow!("{why}"),
+                None => anyhow!(
                     "no remote cache is configured (ttv.yaml `cache.remote` or TTV_REMOTE_CACHE)"
-                )
+                ),
             })?
             .clone();
         if !remote.writable() {
-            anyhow::bail!(
+            bail!(
                 "the remote cache {} is read-only here (`cache.mode: read-only` or --remote-read-only): nothing is uploaded",
                 remote.url
             );
@@ -441,19 +444,11 @@ impl Store {
                 there += 1;
                 continue;
             }
-            let Some(recipe) = self.recipe_json(&a.key)? else {
+            let Some(rec) = self.record_by_key(&a.key)? else {
                 continue;
             };
-            let path = self.blobs.path_of(&a.blob);
-            if !inv.blobs.contains_key(&a.blob) || inv.blobs[&a.blob] != a.size {
-                remote.put_blob(&a.blob, &path).await?;
-            }
-            let shared = shared_action(&remote, &a, &recipe);
-            remote
-                .put_action(&shared, |t| {
-                    key_for_take(&recipe, t).unwrap_or_else(|| a.key.clone())
-                })
-                .await?;
+            let to: [&dyn Tier; 1] = [remote.as_ref()];
+            copy_result(self.tmp_dir(), self, &to, &rec).await?;
             progress(&format!("pushed {} (take {})", a.node_id, a.take));
             sent += 1;
         }
@@ -462,39 +457,27 @@ impl Store {
     }
 }
 
-fn shared_action(remote: &Remote, a: &Action, recipe: &str) -> SharedAction {
-    SharedAction {
-        key: a.key.clone(),
-        base_key: a.base_key.clone(),
-        take: a.take,
-        node_kind: a.node_kind.clone(),
-        node_id: a.node_id.clone(),
-        blob: a.blob.clone(),
-        size: a.size,
-        media_type: a.media_type.clone(),
-        backend: a.backend.clone(),
-        model: a.model.clone(),
-        cost_usd: a.cost_usd,
-        created_at: a.created_at,
-        gen_ms: a.gen_ms,
-        provenance: a.provenance.clone(),
-        recipe: recipe.to_string(),
-        machine: remote.machine.clone(),
-    }
-}
-
-/// One result to the remote: its blob (unless there), then its action, the commit point.
-async fn upload(remote: &Remote, a: &Action, recipe: &str, path: &std::path::Path) -> Result<u32> {
-    if remote.has_blob(&a.blob).await? != Some(a.size) {
-        remote.put_blob(&a.blob, path).await?;
-    }
-    let take = remote
-        .put_action(&shared_action(remote, a, recipe), |t| {
-            key_for_take(recipe, t).unwrap_or_else(|| a.key.clone())
-        })
-        .await?;
-    let _ = remote.clear_operation(&a.key).await;
-    Ok(take)
+/// The result a tier has for what is wanted: the take asked for, or its latest; trusted only
+/// for the recipe it names (its key is recomputed here).
+async fn find(tier: &dyn Tier, want: &RemoteLookup<'_>) -> Result<Option<ActionRecord>> {
+    let take = match want.take {
+        Some(t) => t,
+        None => match tier.takes(want.base_key).await?.last() {
+            Some(&t) => t,
+            None => return Ok(None),
+        },
+    };
+    let Some(rec) = tier.action(want.base_key, take).await? else {
+        return Ok(None);
+    };
+    let fits = rec.key == TakeKeys::new(want.base_json).at(rec.take)
+        && rec.base_key == want.base_key
+        && rec.blob.len() == 64
+        && media_of(&rec.media_type).is_some();
+    Ok(fits.then(|| ActionRecord {
+        node_id: want.node_id.to_string(),
+        ..rec
+    }))
 }
 
 /// Keeps a lease alive while its node is made.
@@ -506,5 +489,101 @@ async fn renew(remote: Arc<Remote>, lease: Arc<tokio::sync::Mutex<Lease>>, node:
         if remote.renew(&mut lease, &node).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Media;
+    use crate::recipe::{Body, FinalRecipe, Recipe};
+    use crate::store::RemoteMode;
+    use crate::store::tier::BlobTier;
+
+    fn png(shade: u8) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(2, 2, image::Rgb([shade, 0, 0]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// Take 1 of one recipe, with the blob `blob`.
+    fn take_one(blob: &str, size: u64) -> ActionRecord {
+        let recipe = Recipe::new(
+            Body::Final(FinalRecipe {
+                segments: vec!["a".repeat(64)],
+                stitch: "concat".into(),
+            }),
+            1,
+        );
+        ActionRecord {
+            key: recipe.key(),
+            base_key: recipe.base_key(),
+            take: 1,
+            node_kind: "frame".into(),
+            node_id: "frame/a/start".into(),
+            blob: blob.into(),
+            size,
+            media_type: "image/png".into(),
+            backend: "preview".into(),
+            model: String::new(),
+            cost_usd: 0.5,
+            created_at: 1,
+            gen_ms: 1,
+            provenance: None,
+            recipe: recipe.canonical_json(),
+            machine: String::new(),
+        }
+    }
+
+    /// Two machines recording take 1 of the same recipe with different bytes: neither
+    /// overwrites the other, the second becomes take 2, in the local tier and in the remote.
+    #[tokio::test]
+    async fn a_take_is_never_overwritten_and_the_second_maker_gets_the_next_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Store::open(&dir.path().join(".ttv")).unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        let remote = Remote::open(
+            &format!("file://{}", shared.path().display()),
+            RemoteMode::ReadWrite,
+        )
+        .unwrap();
+        let (one, two) = (png(1), png(2));
+        let (h1, n1) = local.put_bytes(&one, Media::Png).unwrap();
+        let (h2, n2) = local.put_bytes(&two, Media::Png).unwrap();
+        let (a, b) = (take_one(&h1, n1), take_one(&h2, n2));
+        let tiers: [&dyn Tier; 2] = [&local, &remote];
+        for tier in tiers {
+            assert_eq!(tier.record(&a).await.unwrap(), 1, "{}", tier.name());
+            assert_eq!(
+                tier.record(&a).await.unwrap(),
+                1,
+                "the same result again is a no-op"
+            );
+            assert_eq!(tier.record(&b).await.unwrap(), 2, "{}", tier.name());
+            assert_eq!(tier.takes(&a.base_key).await.unwrap(), vec![1, 2]);
+            let second = tier.action(&a.base_key, 2).await.unwrap().unwrap();
+            assert_eq!(second.blob, h2);
+            assert_eq!(second.key, a.key_at(2).unwrap(), "take 2 has take 2's key");
+            assert_eq!(tier.action(&a.base_key, 1).await.unwrap().unwrap().blob, h1);
+        }
+        // Blobs move between tiers checked; a damaged one is refused.
+        let to: [&dyn Tier; 1] = [&remote];
+        copy_result(local.tmp_dir(), &local, &to, &a).await.unwrap();
+        assert_eq!(remote.blob_size(&h1).await.unwrap(), Some(n1));
+        assert!(remote.verify_blob(&h1).await.unwrap());
+        let on_disk = shared.path().join("v1/blobs").join(&h1[..2]).join(&h1);
+        std::fs::write(&on_disk, &two).unwrap();
+        assert!(!remote.verify_blob(&h1).await.unwrap());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let fresh = Store::open(&elsewhere.path().join(".ttv")).unwrap();
+        let back: [&dyn Tier; 1] = [&fresh];
+        let err = copy_result(fresh.tmp_dir(), &remote, &back, &a)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+        assert_eq!(fresh.blob_size(&h1).await.unwrap(), None, "nothing placed");
+        assert!(fresh.takes(&a.base_key).unwrap_or_default().is_empty());
     }
 }
