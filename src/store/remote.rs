@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -87,7 +87,7 @@ pub struct Remote {
     /// The URL as configured (it carries no credentials: those are refused).
     pub url: String,
     pub mode: RemoteMode,
-    store: Arc<dyn ObjectStore>,
+    client: OnceLock<Arc<dyn ObjectStore>>,
     root: OPath,
     /// Why the remote is not used for the rest of this run (the first failure), if it failed.
     down: Mutex<Option<String>>,
@@ -168,72 +168,76 @@ fn machine_name() -> String {
     format!("{user}@{host}")
 }
 
+/// Makes the object store client for a checked URL. Sends nothing.
+fn connect(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    crate::backends::http::install_crypto_provider();
+    let (scheme, rest) = url.split_once("://").expect("checked");
+    // Timeouts set key by key, over what the environment configures (AWS_ALLOW_HTTP, a proxy,
+    // ...), which a whole ClientOptions would replace.
+    let client_keys = [
+        (ClientConfigKey::ConnectTimeout, "5s"),
+        (ClientConfigKey::Timeout, "300s"),
+    ];
+    let retry = RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
+    };
+    if scheme == "file" {
+        std::fs::create_dir_all(rest)
+            .with_context(|| format!("creating the remote cache folder {rest}"))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(rest)
+            .with_context(|| format!("opening the remote cache folder {rest}"))?
+            .with_automatic_cleanup(true);
+        return Ok(Arc::new(fs));
+    }
+    let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
+    let bucket_url = format!("{scheme}://{bucket}");
+    // The providers' builders differ in type, not in how they are set up.
+    macro_rules! cloud {
+        ($builder:ty, $key:path, $what:literal) => {{
+            let mut b = <$builder>::from_env()
+                .with_url(&bucket_url)
+                .with_retry(retry);
+            for (k, v) in client_keys {
+                b = b.with_config($key(k), v);
+            }
+            let store = b
+                .build()
+                .with_context(|| format!("configuring the {} remote {url}", $what))?;
+            Arc::new(store) as Arc<dyn ObjectStore>
+        }};
+    }
+    Ok(match scheme {
+        "s3" | "s3a" => cloud!(
+            object_store::aws::AmazonS3Builder,
+            object_store::aws::AmazonS3ConfigKey::Client,
+            "S3"
+        ),
+        "gs" => cloud!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            object_store::gcp::GoogleConfigKey::Client,
+            "GCS"
+        ),
+        _ => cloud!(
+            object_store::azure::MicrosoftAzureBuilder,
+            object_store::azure::AzureConfigKey::Client,
+            "Azure"
+        ),
+    })
+}
+
 impl Remote {
-    /// Makes the client. No request is sent until a call needs one.
+    /// Checks the URL and notes the settings. The client is made on first use, so a build
+    /// that never asks the remote (a no-op) pays nothing for it.
     pub fn open(url: &str, mode: RemoteMode) -> Result<Remote> {
         check_url(url).map_err(|e| anyhow!(e))?;
-        crate::backends::http::install_crypto_provider();
         let (scheme, rest) = url.split_once("://").expect("checked");
-        // Timeouts set key by key, over what the environment configures (AWS_ALLOW_HTTP, a
-        // proxy, ...), which a whole ClientOptions would replace.
-        let client_keys = [
-            (ClientConfigKey::ConnectTimeout, "5s"),
-            (ClientConfigKey::Timeout, "300s"),
-        ];
-        let retry = RetryConfig {
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(15),
-            ..Default::default()
+        let prefix = match scheme {
+            "file" => "",
+            _ => rest.split_once('/').map_or("", |(_, p)| p),
         };
-        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
-            "file" => {
-                std::fs::create_dir_all(rest)
-                    .with_context(|| format!("creating the remote cache folder {rest}"))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(rest)
-                    .with_context(|| format!("opening the remote cache folder {rest}"))?
-                    .with_automatic_cleanup(true);
-                (Arc::new(fs), "")
-            }
-            _ => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                let bucket_url = format!("{scheme}://{bucket}");
-                // The providers' builders differ in type, not in how they are set up.
-                macro_rules! cloud {
-                    ($builder:ty, $key:path, $what:literal) => {{
-                        let mut b = <$builder>::from_env()
-                            .with_url(&bucket_url)
-                            .with_retry(retry);
-                        for (k, v) in client_keys {
-                            b = b.with_config($key(k), v);
-                        }
-                        let store = b
-                            .build()
-                            .with_context(|| format!("configuring the {} remote {url}", $what))?;
-                        Arc::new(store) as Arc<dyn ObjectStore>
-                    }};
-                }
-                let store = match scheme {
-                    "s3" | "s3a" => cloud!(
-                        object_store::aws::AmazonS3Builder,
-                        object_store::aws::AmazonS3ConfigKey::Client,
-                        "S3"
-                    ),
-                    "gs" => cloud!(
-                        object_store::gcp::GoogleCloudStorageBuilder,
-                        object_store::gcp::GoogleConfigKey::Client,
-                        "GCS"
-                    ),
-                    _ => cloud!(
-                        object_store::azure::MicrosoftAzureBuilder,
-                        object_store::azure::AzureConfigKey::Client,
-                        "Azure"
-                    ),
-                };
-                (store, prefix)
-            }
-        };
-        let mut root = OPath::from(prefix.trim_matches('/'));
-        root = root.join("v1");
+        let root = OPath::from(prefix.trim_matches('/')).join("v1");
         let machine = machine_name();
         let lease_ttl = std::env::var("TTV_LEASE_SECONDS")
             .ok()
@@ -243,13 +247,23 @@ impl Remote {
         Ok(Remote {
             url: url.to_string(),
             mode,
-            store,
+            client: OnceLock::new(),
             root,
             down: Mutex::new(None),
             holder: format!("{machine} (pid {})", std::process::id()),
             machine,
             lease_ttl,
         })
+    }
+
+    /// The object store client, made on first use (a failure to make it is a failure of the
+    /// remote, like any other).
+    fn store(&self) -> Result<&Arc<dyn ObjectStore>> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let made = connect(&self.url).map_err(|e| self.fail("setting up", &format!("{e:#}")))?;
+        Ok(self.client.get_or_init(|| made))
     }
 
     pub fn writable(&self) -> bool {
@@ -307,7 +321,7 @@ impl Remote {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &OPath) -> Result<Option<T>> {
         self.check_up()?;
-        let bytes = match self.store.get(path).await {
+        let bytes = match self.store()?.get(path).await {
             Ok(r) => r.bytes().await.map_err(|e| self.fail("reading", &e))?,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(self.fail("reading", &e)),
@@ -325,7 +339,7 @@ impl Remote {
             ..Default::default()
         };
         match self
-            .store
+            .store()?
             .put_opts(path, PutPayload::from(bytes), opts)
             .await
         {
@@ -337,7 +351,7 @@ impl Remote {
 
     async fn delete(&self, path: &OPath) -> Result<()> {
         self.check_up()?;
-        match self.store.delete(path).await {
+        match self.store()?.delete(path).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.fail("deleting", &e)),
@@ -348,7 +362,7 @@ impl Remote {
     async fn list_names(&self, dir: &OPath) -> Result<Vec<(String, u64)>> {
         self.check_up()?;
         let metas: Vec<_> = self
-            .store
+            .store()?
             .list(Some(dir))
             .try_collect()
             .await
@@ -446,7 +460,7 @@ impl Remote {
         let mut inv = Inventory::default();
         let blobs = self.root.clone().join("blobs");
         let metas: Vec<_> = self
-            .store
+            .store()?
             .list(Some(&blobs))
             .try_collect()
             .await
@@ -458,7 +472,7 @@ impl Remote {
         }
         let actions = self.root.clone().join("actions");
         let metas: Vec<_> = self
-            .store
+            .store()?
             .list(Some(&actions))
             .try_collect()
             .await
@@ -492,7 +506,7 @@ impl Remote {
 impl BlobTier for Remote {
     async fn blob_size(&self, hash: &str) -> Result<Option<u64>> {
         self.check_up()?;
-        match self.store.head(&self.blob_path(hash)).await {
+        match self.store()?.head(&self.blob_path(hash)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.fail("looking up a blob", &e)),
@@ -501,7 +515,7 @@ impl BlobTier for Remote {
 
     async fn read_blob(&self, hash: &str, dest: &Path) -> Result<bool> {
         self.check_up()?;
-        let result = match self.store.get(&self.blob_path(hash)).await {
+        let result = match self.store()?.get(&self.blob_path(hash)).await {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => return Ok(false),
             Err(e) => return Err(self.fail("downloading a blob", &e)),
@@ -529,7 +543,7 @@ impl BlobTier for Remote {
         let bytes = tokio::fs::read(src)
             .await
             .with_context(|| format!("reading {}", src.display()))?;
-        self.store
+        self.store()?
             .put(&self.blob_path(hash), PutPayload::from(bytes))
             .await
             .map_err(|e| self.fail("uploading a blob", &e))?;
@@ -598,7 +612,7 @@ impl ActionTier for Remote {
             machine: self.machine.clone(),
             ..op.clone()
         };
-        self.store
+        self.store()?
             .put(
                 &self.operation_path(key),
                 PutPayload::from(serde_json::to_vec_pretty(&op)?),
