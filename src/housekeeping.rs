@@ -37,8 +37,8 @@ video:
   aspect_ratio: "16:9"
   generate_audio: true
   sample_count: 1               # videos per request (each a take; N times the price)
-  fallback:                     # tried when the model fails for good
-    - {backend: veo, model: veo-3.1-fast-generate-001}
+  # fallback:                   # with backend: veo, tried when the model fails for good
+  #   - {backend: veo, model: veo-3.1-fast-generate-001}
   jobs: 2
 
 final:

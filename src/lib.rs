@@ -25,3 +25,4 @@ pub mod review;
 pub mod secret;
 pub mod stitch;
 pub mod store;
+pub mod storyboard;
