@@ -150,7 +150,12 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
     let drop: Vec<_> = store
         .all_actions()?
         .into_iter()
-        .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
+        // Storyboard drafts are no node of the graph: paid for, and kept.
+        .filter(|a| {
+            !keep_bases.contains(&a.base_key)
+                && !keep_nodes.contains(&a.node_id)
+                && a.node_kind != crate::storyboard::NODE_ID
+        })
         .collect();
     // Folded from +0.0: an empty f64 sum is -0.0, printed "$-0.00".
     let cost = drop.iter().fold(0.0, |sum, a| sum + a.cost_usd);

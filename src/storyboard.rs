@@ -305,10 +305,10 @@ fn generate(
     })
 }
 
-/// The request's text parts: ttv's instructions, then the user's prompt. The shot count is the
-/// first number of the instructions.
+/// The request's text parts: the user's prompt as written, then ttv's instructions (whose first
+/// number is the shot count).
 fn texts(r: &StoryboardRecipe) -> Vec<String> {
-    vec![instructions(r), format!("The film: {}", r.prompt)]
+    vec![r.prompt.clone(), instructions(r)]
 }
 
 /// What the model is asked, after the TTV pipeline's own storyboard instructions: every
@@ -316,7 +316,7 @@ fn texts(r: &StoryboardRecipe) -> Vec<String> {
 fn instructions(r: &StoryboardRecipe) -> String {
     let durations: Vec<String> = r.durations.iter().map(u32::to_string).collect();
     format!(
-        "Write a storyboard of {shots} shots for the film described below, about {seconds} \
+        "Write a storyboard of {shots} shots for the film described above, about {seconds} \
          seconds long in all. An image model draws each shot's start and end keyframes from \
          their prompts, and a video model then animates each shot from its start keyframe to \
          its end keyframe, following its motion prompt.\n\

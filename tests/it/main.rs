@@ -11,4 +11,5 @@ mod reliability_cli;
 mod reliability_store;
 mod review;
 mod review_gate;
+mod storyboard;
 mod support;
