@@ -681,7 +681,7 @@ mod tests {
         let out = replace_shots(text, "shots:\n  - id: b\n");
         assert_eq!(
             out,
-            "version: 1\n# my film\nshots:\n  - id: b\nprices: {}\n"
+            "version: 1\n# my film\nshots:\n  - id: b\n\nprices: {}\n"
         );
         assert_eq!(
             replace_shots("version: 1\n", "shots: []\n"),
