@@ -164,6 +164,19 @@ pub enum Command {
         #[arg(long)]
         reroll: bool,
     },
+    /// Take over a project of the Python TTV pipeline: its pipeline_config.yaml and
+    /// enhanced_prompt.json become ttv.yaml (here, or in -C DIR), its reference images
+    /// references/. Lists every setting it could not map, and why.
+    Import {
+        /// The pipeline project: its folder or its pipeline_config.yaml.
+        path: PathBuf,
+        /// Replace an existing ttv.yaml.
+        #[arg(long)]
+        force: bool,
+        /// Write the gemini and veo backends (default: preview, offline and free).
+        #[arg(long)]
+        google: bool,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -214,10 +227,20 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
     if let Command::Storyboard { .. } = cli.command {
         return storyboard(cli, &progress);
     }
+    if let Command::Import {
+        path,
+        force,
+        google,
+    } = &cli.command
+    {
+        return import(cli, path, *force, *google, &progress);
+    }
     let root = project::find_root(cli.dir.as_deref())?;
     let load = || -> Result<Project> { Ok(Project::load(&root)?) };
     match &cli.command {
-        Command::Init | Command::Storyboard { .. } => unreachable!("handled above"),
+        Command::Init | Command::Storyboard { .. } | Command::Import { .. } => {
+            unreachable!("handled above")
+        }
         Command::Build {
             targets,
             jobs,
@@ -355,6 +378,48 @@ fn storyboard(cli: &Cli, progress: &Progress) -> Result<i32> {
             path.display()
         ));
     }
+    Ok(EXIT_OK)
+}
+
+/// `ttv import PATH`: into -C DIR, else the current folder.
+fn import(cli: &Cli, path: &Path, force: bool, google: bool, progress: &Progress) -> Result<i32> {
+    let dest = match &cli.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    let done = crate::import::import(path, &dest, force, google)?;
+    if cli.json {
+        emit(&serde_json::to_string(&done)?)?;
+    }
+    progress.info(&format!(
+        "imported {} into {}: {} shot(s), {} reference image(s)",
+        done.source.display(),
+        done.written.display(),
+        done.shots,
+        done.references.len()
+    ));
+    for m in &done.mapped {
+        let note = m
+            .note
+            .as_deref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        progress.info(&format!("  {} -> {}{note}", m.key, m.to));
+    }
+    if !done.unmapped.is_empty() {
+        progress.info("not imported:");
+        for u in &done.unmapped {
+            progress.info(&format!("  {}: {}", u.key, u.reason));
+        }
+    }
+    for n in &done.notes {
+        progress.info(&format!("note: {n}"));
+    }
+    progress.info(if done.storyboard_request {
+        "next: `ttv storyboard --write`, then `ttv plan`"
+    } else {
+        "next: `ttv plan` shows what a build makes, `ttv build` makes it"
+    });
     Ok(EXIT_OK)
 }
 

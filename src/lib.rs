@@ -13,6 +13,7 @@ pub mod error;
 pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
+pub mod import;
 pub mod materialize;
 pub mod media;
 pub mod models;

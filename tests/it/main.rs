@@ -7,6 +7,7 @@ mod engine;
 mod fake_selftest;
 mod google;
 mod google_2026;
+mod import;
 mod reliability_cli;
 mod reliability_store;
 mod review;
