@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ttv needs to build and test on Debian/Ubuntu: ffmpeg (preview clips, the final
-# video, and the tests' checks), chromium and its WebDriver (the review page tests) and, if
-# missing, a Rust toolchain; then runs the command given.
+# video, and the tests' checks), chromium and its WebDriver (the review page tests), tesseract
+# (the animatic test's OCR) and, if missing, a Rust toolchain; then runs the command given.
 # Safe to run again: what is there already is not installed twice.
 set -euo pipefail
 
@@ -18,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # packages; they are looked for in /usr/bin).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# tesseract: the animatic test reads the words the preview backend writes on its frames.
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq

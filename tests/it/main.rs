@@ -1,6 +1,7 @@
 //! ttv's integration tests: the real `ttv` binary on temp copies of fixture projects, real
 //! SQLite, real files, real ffmpeg, and a fake Google service on 127.0.0.1.
 
+mod animatic;
 mod bad_input;
 mod crash;
 mod engine;
