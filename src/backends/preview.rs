@@ -47,6 +47,8 @@ const INPUT_COVER: f32 = 0.6;
 const INPUT_FADE: f32 = 0.15;
 /// Opacity of the input image where it covers the frame: the new prompt's colours still show.
 const INPUT_OPACITY: f32 = 0.8;
+/// The input image is blended in at 1/INPUT_BLUR of the frame's size, enlarged: blurred.
+const INPUT_BLUR: u32 = 12;
 
 /// Height of the band of key-hash blocks along the top.
 const KEY_BAND_HEIGHT: u32 = 8;
@@ -365,11 +367,18 @@ fn background(width: u32, height: u32, hash: &[u8; 32]) -> RgbImage {
     })
 }
 
-/// Scales `input` to the whole frame and blends it over the left part, fading into the
-/// background: the previous frame of the chain stays recognizable in the next one.
+/// Scales `input` to the whole frame, blurred, and blends it over the left part, fading into
+/// the background: the previous frame of the chain stays recognizable in the next one by its
+/// colours, while its caption, blurred away, does not show through the new one.
 fn blend_input(canvas: &mut RgbImage, input: &RgbImage) {
     let (width, height) = canvas.dimensions();
-    let scaled = imageops::resize(input, width, height, FilterType::Triangle);
+    let small = imageops::resize(
+        input,
+        (width / INPUT_BLUR).max(1),
+        (height / INPUT_BLUR).max(1),
+        FilterType::Triangle,
+    );
+    let scaled = imageops::resize(&small, width, height, FilterType::Triangle);
     let cover = width as f32 * INPUT_COVER;
     let fade = width as f32 * INPUT_FADE;
     for (x, y, px) in canvas.enumerate_pixels_mut() {
