@@ -82,6 +82,19 @@ impl GeminiFrames {
     }
 }
 
+/// One attempt at a generateContent call: the JSON body posted with the key, the answer's JSON.
+async fn post(http: &Http, key: &Secret, url: &str, body: &[u8]) -> Result<Value, Failure> {
+    send_json(
+        http,
+        http.client()
+            .post(url)
+            .header("x-goog-api-key", key_header(key)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec()),
+    )
+    .await
+}
+
 /// `POST {base}/{version}/models/{model}:generateContent`, as the SDK calls it.
 fn generate_content_url(base_url: &str, model: &str) -> String {
     let model = model.strip_prefix("models/").unwrap_or(model);
@@ -151,19 +164,7 @@ impl GeminiText {
                 "gemini generateContent",
                 &[&self.key],
                 status,
-                || async move {
-                    let answer = send_json(
-                        &self.http,
-                        self.http
-                            .client()
-                            .post(url)
-                            .header("x-goog-api-key", key_header(&self.key)?)
-                            .header(reqwest::header::CONTENT_TYPE, "application/json")
-                            .body(body.clone()),
-                    )
-                    .await?;
-                    json_of(&answer)
-                },
+                || async move { json_of(&post(&self.http, &self.key, url, body).await?) },
             )
             .await
             .map_err(CallError::into_gen_error)
@@ -244,16 +245,7 @@ impl FrameGenerator for GeminiFrames {
                 &*ctx.status,
                 &ctx.uncertain,
                 || async move {
-                    let answer = send_json(
-                        &self.http,
-                        self.http
-                            .client()
-                            .post(url)
-                            .header("x-goog-api-key", key_header(&self.key)?)
-                            .header(reqwest::header::CONTENT_TYPE, "application/json")
-                            .body(body.clone()),
-                    )
-                    .await?;
+                    let answer = post(&self.http, &self.key, url, body).await?;
                     let (raw, provenance) = image_of(&answer)?;
                     let png = tokio::task::spawn_blocking(move || to_png(&raw))
                         .await

@@ -697,16 +697,7 @@ impl Clip<'_> {
                 let hold = f64::from(secs) * 0.2;
                 let fade = f64::from(secs) * 0.6;
                 for (path, length) in [(first, f64::from(secs)), (last, f64::from(secs) - hold)] {
-                    args.extend([
-                        "-loop".into(),
-                        "1".into(),
-                        "-framerate".into(),
-                        CLIP_FPS.to_string().into(),
-                        "-t".into(),
-                        format!("{length:.3}").into(),
-                        "-i".into(),
-                        path.as_os_str().to_owned(),
-                    ]);
+                    args.extend(still_input(path, length));
                 }
                 let graph = format!(
                     "{},format=yuv420p[a];{},format=yuv420p[b];\
@@ -717,16 +708,7 @@ impl Clip<'_> {
                 (2, graph)
             }
         };
-        args.extend([
-            "-loop".into(),
-            "1".into(),
-            "-framerate".into(),
-            CLIP_FPS.to_string().into(),
-            "-t".into(),
-            secs.to_string().into(),
-            "-i".into(),
-            self.subtitle.as_os_str().to_owned(),
-        ]);
+        args.extend(still_input(self.subtitle, f64::from(secs)));
         // The motion's graph ends in [base]; the subtitle goes over its bottom.
         let graph = format!("{graph};[base][{video_inputs}:v]overlay=0:H-h,format=yuv420p[v]");
         let graph = match self.tone_hz {
@@ -782,6 +764,20 @@ impl Clip<'_> {
         args.push(out.as_os_str().to_owned());
         args
     }
+}
+
+/// ffmpeg's arguments for an image as a video input of `seconds` at the clip's frame rate.
+fn still_input(path: &Path, seconds: f64) -> [OsString; 8] {
+    [
+        "-loop".into(),
+        "1".into(),
+        "-framerate".into(),
+        CLIP_FPS.to_string().into(),
+        "-t".into(),
+        format!("{seconds:.3}").into(),
+        "-i".into(),
+        path.as_os_str().to_owned(),
+    ]
 }
 
 async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {

@@ -124,7 +124,7 @@ fn a_storyboard_is_drafted_once_written_built_and_rerolled_on_demand() {
 #[test]
 fn the_preview_backend_drafts_a_placeholder_film_offline() {
     let p = Project::empty();
-    let out = p.ttv(&[
+    let fox = [
         "storyboard",
         "A fox crosses a frozen river at night",
         "--backend",
@@ -133,7 +133,8 @@ fn the_preview_backend_drafts_a_placeholder_film_offline() {
         "12",
         "--shots",
         "2",
-    ]);
+    ];
+    let out = p.ttv(&fox);
     out.success();
     assert!(
         out.stdout.starts_with("shots:\n  - id: shot-1\n"),
@@ -141,17 +142,7 @@ fn the_preview_backend_drafts_a_placeholder_film_offline() {
         out.stdout
     );
     assert!(out.stdout.contains("duration_seconds: 6"), "{}", out.stdout);
-    let again = p.ttv(&[
-        "storyboard",
-        "A fox crosses a frozen river at night",
-        "--backend",
-        "preview",
-        "--seconds",
-        "12",
-        "--shots",
-        "2",
-        "--write",
-    ]);
+    let again = p.ttv(&[&fox[..], &["--write"]].concat());
     again.success().stderr_contains("cached (take 1");
     assert_eq!(again.stdout, "", "--write prints no YAML");
     assert!(p.read("ttv.yaml").contains(&out.stdout));
