@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::support::fake_google::{FakeGoogle, Route, check_against_sdk_allowing};
-use crate::support::project::{Project, count, ffprobe_duration};
+use crate::support::project::{Output, Project, count, ffprobe_duration};
 
 const PROMPT: &str = "A lighthouse keeper's night, from dusk to dawn";
 
@@ -20,7 +20,9 @@ const SCHEMA_EXTRAS: &[&str] = &[
     "generationConfig.responseSchema.properties.shots.items.properties.durationSeconds",
 ];
 
-fn storyboard(p: &Project, fake: &FakeGoogle, extra: &[&str]) -> Value {
+/// `ttv --json storyboard PROMPT --shots 3 --backend gemini EXTRA...` against the fake, whatever
+/// its exit code.
+fn run_storyboard(p: &Project, fake: &FakeGoogle, extra: &[&str]) -> Output {
     let env = fake.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut args = vec![
@@ -33,7 +35,12 @@ fn storyboard(p: &Project, fake: &FakeGoogle, extra: &[&str]) -> Value {
         "gemini",
     ];
     args.extend_from_slice(extra);
-    p.ttv_env(&args, &env).success().json()
+    p.ttv_env(&args, &env)
+}
+
+/// The same, succeeding: its report.
+fn storyboard(p: &Project, fake: &FakeGoogle, extra: &[&str]) -> Value {
+    run_storyboard(p, fake, extra).success().json()
 }
 
 #[test]
@@ -98,22 +105,9 @@ fn a_storyboard_is_drafted_once_written_built_and_rerolled_on_demand() {
     assert_eq!(again["shots"], draft["shots"]);
 
     // Writing over the project's shots needs --force.
-    let env = fake.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    p.ttv_env(
-        &[
-            "storyboard",
-            PROMPT,
-            "--shots",
-            "3",
-            "--backend",
-            "gemini",
-            "--write",
-        ],
-        &env,
-    )
-    .code(2)
-    .stderr_contains("already has 3 shot(s); pass --force");
+    run_storyboard(&p, &fake, &["--write"])
+        .code(2)
+        .stderr_contains("already has 3 shot(s); pass --force");
 
     let reroll = storyboard(&p, &fake, &["--reroll"]);
     assert_eq!(fake.count(Route::GenerateContent), 2);
