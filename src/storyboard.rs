@@ -84,7 +84,7 @@ pub fn draft(root: &Path, req: &Request, progress: &Progress) -> Result<Draft> {
             "storyboard: cached (take {}, {} by {}): nothing was asked of the model",
             hit.take, recipe.model, hit.backend
         ));
-        return Ok(shape(&answer, &recipe, config.as_ref(), hit, "cached", 0.0));
+        return usable(shape(&answer, &recipe, config.as_ref(), hit, "cached", 0.0));
     }
     let take = latest.map_or(1, |h| h.take + 1);
     let made = generate(&recipe, config.as_ref(), progress)?;
@@ -118,6 +118,18 @@ pub fn draft(root: &Path, req: &Request, progress: &Progress) -> Result<Draft> {
         made.cost_usd,
     );
     draft.cost_unknown = made.cost_unknown;
+    usable(draft)
+}
+
+/// A draft with shots; an answer without any (kept: it was paid for) is an error that says how
+/// to ask again.
+fn usable(draft: Draft) -> Result<Draft> {
+    if draft.shots.is_empty() {
+        return Err(anyhow::anyhow!(
+            "take {} of the storyboard has no shots (the model's answer did not follow the schema): `ttv storyboard --reroll` asks again",
+            draft.take
+        ));
+    }
     Ok(draft)
 }
 
@@ -660,6 +672,20 @@ mod tests {
         let durations: Vec<_> = d.shots.iter().map(|s| s.duration_seconds).collect();
         assert_eq!(durations, [Some(6), Some(8), Some(4)]);
         assert_eq!(d.title, "Night Watch");
+    }
+
+    #[test]
+    fn an_answer_without_shots_is_refused_with_the_way_out() {
+        let d = shape(
+            &json!({"title": "x"}),
+            &recipe("gemini", 3, 18),
+            None,
+            &hit(),
+            "cached",
+            0.0,
+        );
+        let e = usable(d).unwrap_err().to_string();
+        assert!(e.contains("has no shots") && e.contains("--reroll"), "{e}");
     }
 
     #[test]
