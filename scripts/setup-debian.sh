@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ttv needs to build and test on Debian/Ubuntu: ffmpeg (preview clips, the final
-# video, and the tests' checks), chromium and its WebDriver (the review page tests) and, if
-# missing, a Rust toolchain; then runs the command given.
+# video, and the tests' checks), chromium and its WebDriver (the review page tests), tesseract
+# (the animatic test's OCR) and, if missing, a Rust toolchain; then runs the command given.
 # Safe to run again: what is there already is not installed twice.
 set -euo pipefail
 
@@ -21,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # python3 with venv: the remote cache tests run moto's S3 server (PyPI moto[server]) from a
 # venv in target/moto-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# tesseract: the animatic test reads the words the preview backend writes on its frames.
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq

@@ -148,6 +148,47 @@ pub enum Command {
     },
     /// Re-hash every blob in the cache; damaged ones are dropped so the next build remakes them.
     Verify,
+    /// Draft the shots of a film from one prompt with a Gemini text model (cached like any
+    /// generation: the same request again costs nothing) and print them as ttv.yaml's `shots:`.
+    /// The preview backend drafts an offline placeholder.
+    Storyboard {
+        /// The film, in one prompt (default: `storyboard.prompt` in ttv.yaml).
+        prompt: Option<String>,
+        /// How many shots (default: from --seconds, else 4).
+        #[arg(long, value_name = "N")]
+        shots: Option<u32>,
+        /// The film's length in seconds (default: the shots at `video.duration_seconds`).
+        #[arg(long, value_name = "S")]
+        seconds: Option<u32>,
+        /// The text model (default: gemini-3.5-flash).
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+        /// gemini | preview (default: `storyboard.backend`, else `keyframes.backend`, else gemini).
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+        /// Put the shots in ttv.yaml (a new project when there is none).
+        #[arg(long)]
+        write: bool,
+        /// With --write, replace the shots ttv.yaml has.
+        #[arg(long)]
+        force: bool,
+        /// Draft another take instead of the cached one.
+        #[arg(long)]
+        reroll: bool,
+    },
+    /// Take over a project of the Python TTV pipeline: its pipeline_config.yaml and
+    /// enhanced_prompt.json become ttv.yaml (here, or in -C DIR), its reference images
+    /// references/. Lists every setting it could not map, and why.
+    Import {
+        /// The pipeline project: its folder or its pipeline_config.yaml.
+        path: PathBuf,
+        /// Replace an existing ttv.yaml.
+        #[arg(long)]
+        force: bool,
+        /// Write the gemini and veo backends (default: preview, offline and free).
+        #[arg(long)]
+        google: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,10 +253,23 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
         ));
         return Ok(EXIT_OK);
     }
+    if let Command::Storyboard { .. } = cli.command {
+        return storyboard(cli, &progress);
+    }
+    if let Command::Import {
+        path,
+        force,
+        google,
+    } = &cli.command
+    {
+        return import(cli, path, *force, *google, &progress);
+    }
     let root = project::find_root(cli.dir.as_deref())?;
     let load = || -> Result<Project> { Ok(Project::load(&root)?) };
     match &cli.command {
-        Command::Init => unreachable!("handled above"),
+        Command::Init | Command::Storyboard { .. } | Command::Import { .. } => {
+            unreachable!("handled above")
+        }
         Command::Build {
             targets,
             jobs,
@@ -312,6 +366,112 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
         }
     }
+}
+
+/// `ttv storyboard`: in the project found as for any command, else in the folder given (or
+/// the current one), which `--write` makes a project.
+fn storyboard(cli: &Cli, progress: &Progress) -> Result<i32> {
+    let Command::Storyboard {
+        prompt,
+        shots,
+        seconds,
+        model,
+        backend,
+        write,
+        force,
+        reroll,
+    } = &cli.command
+    else {
+        unreachable!("called for `ttv storyboard`")
+    };
+    let root = match (&cli.dir, project::find_root(cli.dir.as_deref())) {
+        (_, Ok(root)) => root,
+        (Some(dir), Err(_)) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        (None, Err(_)) => std::env::current_dir()?,
+    };
+    let req = crate::storyboard::Request {
+        prompt: prompt.clone(),
+        shots: *shots,
+        seconds: *seconds,
+        model: model.clone(),
+        backend: backend.clone(),
+        reroll: *reroll,
+    };
+    let mut draft = crate::storyboard::draft(&root, &req, progress)?;
+    if *write {
+        crate::storyboard::write(&root, &mut draft, *force)?;
+    }
+    let seconds: u32 = draft.shots.iter().filter_map(|s| s.duration_seconds).sum();
+    let cost = if draft.cost_unknown {
+        "$? (the model has no known price)".to_string()
+    } else {
+        format!("${:.4}", draft.cost_usd)
+    };
+    progress.info(&format!(
+        "storyboard: {} shot(s), {seconds} s, {} take {} by {} ({}), {cost}",
+        draft.shots.len(),
+        draft.status,
+        draft.take,
+        draft.backend,
+        draft.model
+    ));
+    if cli.json {
+        emit(&serde_json::to_string(&draft)?)?;
+    } else if draft.written.is_none() {
+        emit(crate::storyboard::shots_yaml(&draft.shots).trim_end())?;
+    }
+    if let Some(path) = &draft.written {
+        progress.info(&format!(
+            "wrote the shots to {}: `ttv plan` shows what a build makes, `ttv build` makes it",
+            path.display()
+        ));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `ttv import PATH`: into -C DIR, else the current folder.
+fn import(cli: &Cli, path: &Path, force: bool, google: bool, progress: &Progress) -> Result<i32> {
+    let dest = match &cli.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    let done = crate::import::import(path, &dest, force, google)?;
+    if cli.json {
+        emit(&serde_json::to_string(&done)?)?;
+    }
+    progress.info(&format!(
+        "imported {} into {}: {} shot(s), {} reference image(s)",
+        done.source.display(),
+        done.written.display(),
+        done.shots,
+        done.references.len()
+    ));
+    for m in &done.mapped {
+        let note = m
+            .note
+            .as_deref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        progress.info(&format!("  {} -> {}{note}", m.key, m.to));
+    }
+    if !done.unmapped.is_empty() {
+        progress.info("not imported:");
+        for u in &done.unmapped {
+            progress.info(&format!("  {}: {}", u.key, u.reason));
+        }
+    }
+    for n in &done.notes {
+        progress.info(&format!("note: {n}"));
+    }
+    progress.info(if done.storyboard_request {
+        "next: `ttv storyboard --write`, then `ttv plan`"
+    } else {
+        "next: `ttv plan` shows what a build makes, `ttv build` makes it"
+    });
+    Ok(EXIT_OK)
 }
 
 fn run_build(

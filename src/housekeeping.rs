@@ -38,8 +38,8 @@ video:
   aspect_ratio: "16:9"
   generate_audio: true
   sample_count: 1               # videos per request (each a take; N times the price)
-  fallback:                     # tried when the model fails for good
-    - {backend: veo, model: veo-3.1-fast-generate-001}
+  # fallback:                   # with backend: veo, tried when the model fails for good
+  #   - {backend: veo, model: veo-3.1-fast-generate-001}
   jobs: 2
 
 final:
@@ -154,7 +154,12 @@ pub fn gc(session: &Session, yes: bool, remote: bool, json_out: bool) -> Result<
     let drop: Vec<_> = store
         .all_actions()?
         .into_iter()
-        .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
+        // Storyboard drafts are no node of the graph: paid for, and kept.
+        .filter(|a| {
+            !keep_bases.contains(&a.base_key)
+                && !keep_nodes.contains(&a.node_id)
+                && a.node_kind != crate::storyboard::NODE_ID
+        })
         .collect();
     // Folded from +0.0: an empty f64 sum is -0.0, printed "$-0.00".
     let cost = drop.iter().fold(0.0, |sum, a| sum + a.cost_usd);
@@ -213,7 +218,9 @@ fn gc_remote(
         for (base, take) in &inv.actions {
             let a = remote.action(base, *take).await?;
             let keep = keep_bases.contains(base)
-                || a.as_ref().is_some_and(|a| keep_nodes.contains(&a.node_id));
+                || a.as_ref().is_some_and(|a| {
+                    keep_nodes.contains(&a.node_id) || a.node_kind == crate::storyboard::NODE_ID
+                });
             match a {
                 Some(a) if keep => {
                     used.insert(a.blob);

@@ -183,11 +183,7 @@ impl Store {
 
 /// The media type of a blob from the MIME type its action records.
 pub(super) fn media_of(mime: &str) -> Option<Media> {
-    match mime {
-        "image/png" => Some(Media::Png),
-        "video/mp4" => Some(Media::Mp4),
-        _ => None,
-    }
+    Media::from_mime(mime)
 }
 
 #[async_trait]
@@ -217,7 +213,7 @@ impl BlobTier for Store {
     async fn write_blob(&self, hash: &str, src: &Path) -> Result<()> {
         let sniffed = Media::sniff(src)
             .with_context(|| format!("reading {}", src.display()))?
-            .ok_or_else(|| anyhow!("{} is neither a PNG nor an MP4", src.display()))?;
+            .ok_or_else(|| anyhow!("{} is not a PNG, an MP4 or a JSON document", src.display()))?;
         let tmp = tempfile::NamedTempFile::new_in(&self.blobs.tmp)
             .map_err(|e| write_error(e, &self.blobs.tmp))?
             .into_temp_path();
