@@ -442,3 +442,81 @@ fn a_build_killed_during_a_veo_operation_is_resumed_by_another_machine() {
     assert_eq!(str_field(&segment, "status"), "generated", "{report:#}");
     assert_eq!(sources(&report)["frame/arrival/start"], "remote");
 }
+
+#[test]
+fn cache_pull_fetches_without_generating_and_gc_remote_drops_what_no_node_uses() {
+    let (team, dir) = Team::with_folder();
+    let a = team.machine();
+    team.build(&a, &[], &[]).success();
+    let paid = team.fake.paid_requests();
+
+    // A fresh machine prefetches everything: nothing generated, build/ complete.
+    let b = team.machine();
+    let pulled = team
+        .ttv(&b, &["--json", "cache", "pull"], &[])
+        .success()
+        .json();
+    assert_eq!(team.fake.paid_requests(), paid);
+    assert_eq!(
+        pulled["remote"].as_u64(),
+        Some(all_nodes().len() as u64),
+        "{pulled:#}"
+    );
+    assert_eq!(outputs(&a), outputs(&b));
+
+    // An edited frame is in neither cache: pull skips it (and what uses it) and pays nothing.
+    b.replace_in_yaml(ARRIVAL_END, "The keeper opens the door in a storm");
+    let pulled = team
+        .ttv(&b, &["--json", "cache", "pull"], &[])
+        .success()
+        .json();
+    assert_eq!(team.fake.paid_requests(), paid, "pull never generates");
+    assert_eq!(
+        str_field(&node(&pulled, "frame/arrival/end"), "status"),
+        "skipped"
+    );
+    assert_eq!(
+        str_field(&node(&pulled, "segment/dream"), "status"),
+        "cached"
+    );
+
+    // A builds the edit; the old end frame and segment/storm made from it are now used by no
+    // node. gc without --remote leaves the remote alone; with it, they go.
+    a.replace_in_yaml(ARRIVAL_END, "The keeper opens the door in a storm");
+    team.build(&a, &[], &[]).success();
+    let actions = |d: &Path| {
+        walkdir::WalkDir::new(d.join("v1/actions"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .count()
+    };
+    let before = actions(dir.path());
+    assert_eq!(
+        before,
+        all_nodes().len() + 2,
+        "the new end frame and segment/storm uploaded"
+    );
+    team.ttv(&a, &["gc", "--yes"], &[]).success();
+    assert_eq!(
+        actions(dir.path()),
+        before,
+        "gc alone never deletes from the remote"
+    );
+    let out = team.ttv(&a, &["gc", "--remote"], &[]);
+    out.success().stderr_contains("would drop 2 result(s)");
+    assert_eq!(actions(dir.path()), before, "without --yes nothing goes");
+    team.ttv(&a, &["gc", "--remote", "--yes"], &[]).success();
+    assert_eq!(actions(dir.path()), all_nodes().len());
+
+    // What is current is still all there for a new machine.
+    let c = team.machine();
+    c.replace_in_yaml(ARRIVAL_END, "The keeper opens the door in a storm");
+    let rc = team.build(&c, &[], &[]).success().json();
+    assert_eq!(
+        rc["remote"].as_u64(),
+        Some(all_nodes().len() as u64),
+        "{rc:#}"
+    );
+    assert_eq!(team.fake.paid_requests(), paid + 2);
+}
