@@ -21,7 +21,7 @@ use crate::media::Media;
 use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
 use crate::recipe::{Body, FrameRecipe, Recipe, SegmentRecipe};
 use crate::stitch;
-use crate::store::{self, Action, BlobStore, BuildRecord, Hit, Store, now_secs};
+use crate::store::{self, Action, BuildRecord, Flight, Hit, RemoteLookup, Store, now_secs};
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -35,6 +35,10 @@ pub struct BuildOptions {
     pub allow_unknown_cost: bool,
     /// `--partial`: with a budget smaller than the estimate, make what fits instead of refusing.
     pub partial: bool,
+    /// `--remote-read-only`: use the remote cache without writing to it.
+    pub remote_read_only: bool,
+    /// `ttv cache pull`: take results from the caches only; generate nothing.
+    pub remote_only: bool,
 }
 
 fn mime_of(path: &Path) -> &'static str {
@@ -128,6 +132,8 @@ struct Runner {
     /// Nodes named by `--force`: a submission recorded as uncertain may be sent again.
     forced: std::collections::HashSet<usize>,
     budget: Budget,
+    /// `ttv cache pull`: nothing is generated.
+    remote_only: bool,
 }
 
 /// The most a build may spend, and what it has spent and holds for generations running.
@@ -220,10 +226,17 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
         stopping: Default::default(),
         forced,
         budget,
+        remote_only: opts.remote_only,
     });
     let started_at = now_secs();
-    runner.store.blobs.sweep_tmp();
+    runner.store.sweep_tmp();
     let s = &runner.session;
+    let queued = runner.store.publish_queued();
+    if queued > 0 {
+        s.progress.info(&format!(
+            "uploading {queued} result(s) that earlier builds could not send to the remote cache"
+        ));
+    }
     let mut t = Tracker::new(s);
     // Nodes the plan found cached (with all their inputs cached) are placed in build/ right
     // here, without a task each: a no-op build spawns nothing.
@@ -331,7 +344,21 @@ pub async fn build(session: Session, opts: &BuildOptions) -> Result<Report> {
             cost_usd: 0.0,
             error: None,
             cost_unknown: false,
+            source: None,
         });
+    }
+    let uploads_left = runner.store.unpushed_count();
+    if let Some(remote) = runner.store.configured_remote()
+        && remote.writable()
+        && uploads_left > 0
+    {
+        progress.set_message(|| format!("uploading {uploads_left} result(s) to {}", remote.url));
+    }
+    if let Some(why) = runner.store.flush_remote().await {
+        progress.warn(&format!(
+            "{why}; {} result(s) wait to be uploaded: the next build or `ttv cache push` sends them",
+            runner.store.unpushed_count()
+        ));
     }
     progress.finish();
     let mut report = Report::from_nodes(t.results.into_values().collect());
@@ -433,6 +460,11 @@ impl Tracker {
                     cost_usd: result.cost_usd,
                     error: None,
                     cost_unknown: status == Status::Generated && s.estimate(i).is_none(),
+                    source: (status == Status::Cached).then_some(if result.from_remote {
+                        "remote"
+                    } else {
+                        "local"
+                    }),
                 }
             }
             Outcome::Failed {
@@ -484,6 +516,10 @@ impl Tracker {
                 ),
                 true,
             ),
+            Status::Cached if report.source == Some("remote") => progress.finished(
+                &format!("remote    {} (from the shared cache)", report.id),
+                true,
+            ),
             Status::Cached if progress.verbosity() == crate::progress::Verbosity::Verbose => {
                 progress.finished(&format!("cached    {}", report.id), true)
             }
@@ -529,6 +565,7 @@ impl Tracker {
                         cost_usd: 0.0,
                         error: None,
                         cost_unknown: false,
+                        source: None,
                     },
                 );
                 stack.push(d);
@@ -576,6 +613,7 @@ fn failed_report(s: &Session, i: usize, plan: Option<&NodePlan>, error: String) 
         cost_usd: 0.0,
         error: Some(error),
         cost_unknown: false,
+        source: None,
     }
 }
 
@@ -603,7 +641,7 @@ impl Runner {
         if !plan.in_build
             && Materializer::new(&s.project.root, &s.stats).place(
                 &node.output,
-                &self.store.blobs.path_of(&hit.blob),
+                &self.store.blob_path(&hit.blob),
                 &hit.blob,
             )? == Placed::CorruptBlob
         {
@@ -630,6 +668,36 @@ impl Runner {
                 Some(outcome) => return Ok(outcome),
                 None => plan.hit = None,
             }
+        }
+        // A local miss asks the remote tier (a rerolled generation wants a new take).
+        let base_json = Recipe {
+            take: 0,
+            ..plan.recipe.clone()
+        }
+        .canonical_json();
+        let base_key = plan.recipe.base_key();
+        let warn = |m: &str| s.progress.warn(m);
+        if self.store.remote().is_some() && !(s.rerolled(i) && plan.recipe.is_generation()) {
+            // The take the node uses, when it is fixed (pinned, or the latest made here);
+            // otherwise the remote's latest.
+            let fixed = s.pinned_take(i).is_some() || self.store.latest_take(&base_key)?.is_some();
+            let want = RemoteLookup {
+                node_id: &node.id,
+                base_json: &base_json,
+                base_key: &base_key,
+                take: fixed.then_some(plan.take),
+            };
+            if let Some(hit) = self.store.fetch_remote(&want, &warn).await
+                && let Some(outcome) = self.reuse(i, plan.clone().with_hit(hit))?
+            {
+                return Ok(outcome);
+            }
+        }
+        if self.remote_only && plan.recipe.is_generation() {
+            return Ok(Outcome::Held {
+                status: Status::Skipped,
+                reasons: vec!["in neither the local nor the remote cache".into()],
+            });
         }
         let held = s.unapproved(i, deps);
         if !held.is_empty() {
@@ -667,6 +735,32 @@ impl Runner {
         let started = Instant::now();
         let bar = s.progress.start(&node.id);
         let status = bar.status_fn();
+        // Single flight across machines: the lease on the key, or the result of the machine
+        // that holds it.
+        let lease = if plan.recipe.is_generation() {
+            let want = RemoteLookup {
+                node_id: &node.id,
+                base_json: &base_json,
+                base_key: &base_key,
+                take: Some(plan.take),
+            };
+            match self.store.single_flight(&want, &*status, &warn).await {
+                Flight::Fetched(hit) => {
+                    drop(bar);
+                    if let Some(outcome) = self.reuse(i, plan.clone().with_hit(hit))? {
+                        return Ok(outcome);
+                    }
+                    return Err(anyhow!(
+                        "{}: the result another machine made could not be placed",
+                        node.id
+                    ));
+                }
+                Flight::Leased(guard) => Some(guard),
+                Flight::Alone => None,
+            }
+        } else {
+            None
+        };
         let produced = loop {
             let load: LoadFn = match &permits {
                 Some((p, _)) => p.load_fn(),
@@ -706,6 +800,9 @@ impl Runner {
             }
             Err(NotProduced { error, cost_usd }) => {
                 self.budget.spend(cost_usd);
+                if let Some(guard) = lease {
+                    self.store.release(guard).await;
+                }
                 return Ok(Outcome::Failed {
                     plan: Some(Box::new(plan)),
                     error,
@@ -772,6 +869,9 @@ impl Runner {
             .collect();
         self.store.record_actions(&rows)?;
         self.store.clear(&plan.key)?;
+        // Shared with the team (write-behind; the lease goes once they are up).
+        let keys: Vec<String> = made.iter().map(|a| a.key.clone()).collect();
+        self.store.publish(&keys, lease);
         // The node uses its pinned take, else the latest.
         let pinned = s.pinned_take(i).is_some();
         let chosen = if pinned {
@@ -786,7 +886,7 @@ impl Runner {
         }
         let mut result = Hit::from(&chosen);
         result.cost_usd = p.cost_usd;
-        let path = self.store.blobs.path_of(&result.blob);
+        let path = self.store.blob_path(&result.blob);
         if mat.place(&node.output, &path, &result.blob)? == Placed::CorruptBlob {
             return Err(anyhow!(
                 "the blob just stored for {} at {} does not match its hash: the disk may be failing; run `ttv verify`, then build again",
@@ -860,14 +960,14 @@ impl Runner {
         let ctx = GenContext {
             node_id: node.id.clone(),
             key: plan.key.clone(),
-            tmp_dir: self.store.blobs.tmp_dir().to_path_buf(),
+            tmp_dir: self.store.tmp_dir().to_path_buf(),
             operations: self.store.clone() as Arc<dyn OperationLog>,
             status,
             uncertain: Arc::default(),
             resubmit: self.forced.contains(&i),
             load,
         };
-        let blobs = &self.store.blobs;
+        let blobs = &*self.store;
         let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
         match (&plan.recipe.body, &node.kind) {
             (Body::Image(r), NodeKind::Frame { shot, .. }) => {
@@ -938,7 +1038,7 @@ impl Runner {
                 self.produce_segment(r, plan, &ctx).await
             }
             (Body::Final(r), _) => {
-                let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.path_of(h)).collect();
+                let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.blob_path(h)).collect();
                 let tmp = tempfile::Builder::new()
                     .suffix(".mp4")
                     .tempfile_in(blobs.tmp_dir())
@@ -963,7 +1063,7 @@ impl Runner {
         ctx: &GenContext,
     ) -> Result<Produced, NotProduced> {
         let s = &self.session;
-        let blobs = &self.store.blobs;
+        let blobs = &*self.store;
         let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
         let first = match r.first.as_deref() {
             Some(h) => Some(self.blob_input("first", h).await?),
@@ -1067,7 +1167,7 @@ impl Runner {
     }
 
     async fn blob_input(&self, name: &str, hash: &str) -> Result<ImageInput, String> {
-        let path = self.store.blobs.path_of(hash);
+        let path = self.store.blob_path(hash);
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| format!("reading {}: {e}", path.display()))?;

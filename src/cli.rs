@@ -76,6 +76,15 @@ pub enum Command {
         /// Count a model of unknown price as free against the budget (else it is over any).
         #[arg(long)]
         allow_unknown_cost: bool,
+        /// Use the remote cache without writing to it (for CI): no uploads, no leases.
+        #[arg(long, env = "TTV_REMOTE_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", default_value = "false")]
+        remote_read_only: bool,
+    },
+    /// The remote cache shared with a team and CI (`cache.remote` in ttv.yaml, or
+    /// TTV_REMOTE_CACHE): what is where, and moving results between it and this machine.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Approve frames (node ids, shot ids or `frames`): with `video.require_approval`, a
     /// segment is made only from approved frames. An approval is of the frame's current take.
@@ -133,9 +142,70 @@ pub enum Command {
         /// Really drop them (without it, only shows what would go).
         #[arg(long)]
         yes: bool,
+        /// Also drop them from the remote cache (never done without this flag).
+        #[arg(long)]
+        remote: bool,
     },
     /// Re-hash every blob in the cache; damaged ones are dropped so the next build remakes them.
     Verify,
+    /// Draft the shots of a film from one prompt with a Gemini text model (cached like any
+    /// generation: the same request again costs nothing) and print them as ttv.yaml's `shots:`.
+    /// The preview backend drafts an offline placeholder.
+    Storyboard {
+        /// The film, in one prompt (default: `storyboard.prompt` in ttv.yaml).
+        prompt: Option<String>,
+        /// How many shots (default: from --seconds, else 4).
+        #[arg(long, value_name = "N")]
+        shots: Option<u32>,
+        /// The film's length in seconds (default: the shots at `video.duration_seconds`).
+        #[arg(long, value_name = "S")]
+        seconds: Option<u32>,
+        /// The text model (default: gemini-3.5-flash).
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+        /// gemini | preview (default: `storyboard.backend`, else `keyframes.backend`, else gemini).
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+        /// Put the shots in ttv.yaml (a new project when there is none).
+        #[arg(long)]
+        write: bool,
+        /// With --write, replace the shots ttv.yaml has.
+        #[arg(long)]
+        force: bool,
+        /// Draft another take instead of the cached one.
+        #[arg(long)]
+        reroll: bool,
+    },
+    /// Take over a project of the Python TTV pipeline: its pipeline_config.yaml and
+    /// enhanced_prompt.json become ttv.yaml (here, or in -C DIR), its reference images
+    /// references/. Lists every setting it could not map, and why.
+    Import {
+        /// The pipeline project: its folder or its pipeline_config.yaml.
+        path: PathBuf,
+        /// Replace an existing ttv.yaml.
+        #[arg(long)]
+        force: bool,
+        /// Write the gemini and veo backends (default: preview, offline and free).
+        #[arg(long)]
+        google: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// What the local and the remote cache hold (results, blobs, bytes), and which nodes of the
+    /// project each has.
+    Status,
+    /// Upload every local result the remote lacks (e.g. made while it was unreachable).
+    Push,
+    /// Download what the remote has for these targets (default: everything), e.g. before going
+    /// offline. Generates nothing.
+    Pull {
+        targets: Vec<String>,
+        /// Fail at once if a build holds the project, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -183,10 +253,23 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
         ));
         return Ok(EXIT_OK);
     }
+    if let Command::Storyboard { .. } = cli.command {
+        return storyboard(cli, &progress);
+    }
+    if let Command::Import {
+        path,
+        force,
+        google,
+    } = &cli.command
+    {
+        return import(cli, path, *force, *google, &progress);
+    }
     let root = project::find_root(cli.dir.as_deref())?;
     let load = || -> Result<Project> { Ok(Project::load(&root)?) };
     match &cli.command {
-        Command::Init => unreachable!("handled above"),
+        Command::Init | Command::Storyboard { .. } | Command::Import { .. } => {
+            unreachable!("handled above")
+        }
         Command::Build {
             targets,
             jobs,
@@ -197,6 +280,7 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             max_cost,
             partial,
             allow_unknown_cost,
+            remote_read_only,
         } => {
             if *dry_run {
                 return plan(cli, load()?, targets, progress);
@@ -210,6 +294,8 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
                 max_cost: *max_cost,
                 allow_unknown_cost: *allow_unknown_cost,
                 partial: *partial,
+                remote_read_only: *remote_read_only,
+                remote_only: false,
             };
             if max_cost.is_some_and(|m| !(m.is_finite() && m >= 0.0)) {
                 return Err(UsageError::new("--max-cost takes an amount in USD, 0 or more").into());
@@ -249,15 +335,34 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             housekeeping::clean(&root, *cache, *yes, &progress)?;
             Ok(EXIT_OK)
         }
-        Command::Gc { yes } => {
+        Command::Gc { yes, remote } => {
             fastpath::forget(&root);
             let project = load()?;
             let targets = crate::graph::all_targets(&project);
             let session = Session::open(project, &targets, &[], progress.clone())?;
             let _lock = BuildLock::acquire(&session.project.cache_dir(), Wait::Never, || {})?;
-            housekeeping::gc(&session, *yes, cli.json)?;
+            if *remote {
+                session.attach_remote(false)?;
+            }
+            housekeeping::gc(&session, *yes, *remote, cli.json)?;
             Ok(EXIT_OK)
         }
+        Command::Cache { command } => match command {
+            CacheCommand::Status => crate::cache_cmd::status(load()?, cli.json, progress),
+            CacheCommand::Push => crate::cache_cmd::push(load()?, cli.json, progress),
+            CacheCommand::Pull { targets, no_wait } => {
+                let opts = BuildOptions {
+                    targets: targets.clone(),
+                    no_wait: *no_wait,
+                    remote_only: true,
+                    ..Default::default()
+                };
+                if remote_of(&load()?)?.is_none() {
+                    return Err(no_remote().into());
+                }
+                run_build(cli, &root, load, &opts, progress)
+            }
+        },
         Command::Verify => {
             fastpath::forget(&root);
             let Some(store) = Store::open_existing(&root.join(".ttv"))? else {
@@ -269,6 +374,112 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
             Ok(if bad == 0 { EXIT_OK } else { EXIT_NODE_FAILED })
         }
     }
+}
+
+/// `ttv storyboard`: in the project found as for any command, else in the folder given (or
+/// the current one), which `--write` makes a project.
+fn storyboard(cli: &Cli, progress: &Progress) -> Result<i32> {
+    let Command::Storyboard {
+        prompt,
+        shots,
+        seconds,
+        model,
+        backend,
+        write,
+        force,
+        reroll,
+    } = &cli.command
+    else {
+        unreachable!("called for `ttv storyboard`")
+    };
+    let root = match (&cli.dir, project::find_root(cli.dir.as_deref())) {
+        (_, Ok(root)) => root,
+        (Some(dir), Err(_)) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        (None, Err(_)) => std::env::current_dir()?,
+    };
+    let req = crate::storyboard::Request {
+        prompt: prompt.clone(),
+        shots: *shots,
+        seconds: *seconds,
+        model: model.clone(),
+        backend: backend.clone(),
+        reroll: *reroll,
+    };
+    let mut draft = crate::storyboard::draft(&root, &req, progress)?;
+    if *write {
+        crate::storyboard::write(&root, &mut draft, *force)?;
+    }
+    let seconds: u32 = draft.shots.iter().filter_map(|s| s.duration_seconds).sum();
+    let cost = if draft.cost_unknown {
+        "$? (the model has no known price)".to_string()
+    } else {
+        format!("${:.4}", draft.cost_usd)
+    };
+    progress.info(&format!(
+        "storyboard: {} shot(s), {seconds} s, {} take {} by {} ({}), {cost}",
+        draft.shots.len(),
+        draft.status,
+        draft.take,
+        draft.backend,
+        draft.model
+    ));
+    if cli.json {
+        emit(&serde_json::to_string(&draft)?)?;
+    } else if draft.written.is_none() {
+        emit(crate::storyboard::shots_yaml(&draft.shots).trim_end())?;
+    }
+    if let Some(path) = &draft.written {
+        progress.info(&format!(
+            "wrote the shots to {}: `ttv plan` shows what a build makes, `ttv build` makes it",
+            path.display()
+        ));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `ttv import PATH`: into -C DIR, else the current folder.
+fn import(cli: &Cli, path: &Path, force: bool, google: bool, progress: &Progress) -> Result<i32> {
+    let dest = match &cli.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    let done = crate::import::import(path, &dest, force, google)?;
+    if cli.json {
+        emit(&serde_json::to_string(&done)?)?;
+    }
+    progress.info(&format!(
+        "imported {} into {}: {} shot(s), {} reference image(s)",
+        done.source.display(),
+        done.written.display(),
+        done.shots,
+        done.references.len()
+    ));
+    for m in &done.mapped {
+        let note = m
+            .note
+            .as_deref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        progress.info(&format!("  {} -> {}{note}", m.key, m.to));
+    }
+    if !done.unmapped.is_empty() {
+        progress.info("not imported:");
+        for u in &done.unmapped {
+            progress.info(&format!("  {}: {}", u.key, u.reason));
+        }
+    }
+    for n in &done.notes {
+        progress.info(&format!("note: {n}"));
+    }
+    progress.info(if done.storyboard_request {
+        "next: `ttv storyboard --write`, then `ttv plan`"
+    } else {
+        "next: `ttv plan` shows what a build makes, `ttv build` makes it"
+    });
+    Ok(EXIT_OK)
 }
 
 fn run_build(
@@ -354,7 +565,12 @@ pub(crate) fn build_project(
         preview = session.plan()?;
         session.check_tools(&preview)?;
     }
-    check_budget(&session, &preview, opts)?;
+    session.attach_remote(opts.remote_read_only)?;
+    // With a remote cache, what the local plan prices may come from it for free: each
+    // generation is checked against the budget as it starts instead.
+    if remote_of(&session.project)?.is_none() {
+        check_budget(&session, &preview, opts)?;
+    }
     let dirty = preview
         .nodes
         .iter()
@@ -405,6 +621,17 @@ pub(crate) fn build_project(
         }
     }
     Ok(report)
+}
+
+/// The remote cache URL the project uses, if any.
+fn remote_of(project: &Project) -> Result<Option<String>> {
+    crate::plan::remote_url(project)
+}
+
+fn no_remote() -> UsageError {
+    UsageError::new(
+        "no remote cache is configured: set `cache: {remote: s3://bucket/prefix}` in ttv.yaml, or TTV_REMOTE_CACHE",
+    )
 }
 
 /// A build estimated over its budget does not start (unless `--partial`); neither does one
@@ -657,7 +884,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
         None => store.actions_of_node(node)?,
     };
     let file_of = |a: &crate::store::Action| {
-        let path = store.blobs.path_of(&a.blob);
+        let path = store.blob_path(&a.blob);
         path.strip_prefix(&session.project.root)
             .unwrap_or(&path)
             .display()

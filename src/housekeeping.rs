@@ -13,7 +13,8 @@ use crate::media::Media;
 use crate::plan::Session;
 use crate::progress::{Progress, emit};
 use crate::project::CONFIG_FILE;
-use crate::store::{BlobStore, BuildLock, Store, Wait, hash_file, write_error};
+use crate::store::tier::ActionTier;
+use crate::store::{BuildLock, Store, Wait, hash_file, write_error};
 
 const INIT_YAML: &str = r#"version: 1
 name: my-film
@@ -37,8 +38,8 @@ video:
   aspect_ratio: "16:9"
   generate_audio: true
   sample_count: 1               # videos per request (each a take; N times the price)
-  fallback:                     # tried when the model fails for good
-    - {backend: veo, model: veo-3.1-fast-generate-001}
+  # fallback:                   # with backend: veo, tried when the model fails for good
+  #   - {backend: veo, model: veo-3.1-fast-generate-001}
   jobs: 2
 
 final:
@@ -120,7 +121,7 @@ pub fn clean(root: &Path, cache: bool, yes: bool, progress: &Progress) -> Result
 
 /// Drops actions whose recipe no current node has (every take of a current recipe is kept, so
 /// it can still be pinned), then blobs nothing references.
-pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
+pub fn gc(session: &Session, yes: bool, remote: bool, json_out: bool) -> Result<()> {
     let Some(store) = &session.store else {
         if json_out {
             emit(&json!({"dropped": 0, "freed_bytes": 0}).to_string())?;
@@ -147,10 +148,18 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
             }
         }
     }
+    if remote {
+        gc_remote(session, store, &keep_bases, &keep_nodes, yes)?;
+    }
     let drop: Vec<_> = store
         .all_actions()?
         .into_iter()
-        .filter(|a| !keep_bases.contains(&a.base_key) && !keep_nodes.contains(&a.node_id))
+        // Storyboard drafts are no node of the graph: paid for, and kept.
+        .filter(|a| {
+            !keep_bases.contains(&a.base_key)
+                && !keep_nodes.contains(&a.node_id)
+                && a.node_kind != crate::storyboard::NODE_ID
+        })
         .collect();
     // Folded from +0.0: an empty f64 sum is -0.0, printed "$-0.00".
     let cost = drop.iter().fold(0.0, |sum, a| sum + a.cost_usd);
@@ -169,7 +178,7 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
     let orphans = store.delete_actions(&keys)?;
     let mut freed = 0u64;
     for h in &orphans {
-        let p = store.blobs.path_of(h);
+        let p = store.blob_path(h);
         if fs::remove_file(&p).is_ok() {
             freed += sizes.get(h).copied().unwrap_or(0);
         }
@@ -183,6 +192,70 @@ pub fn gc(session: &Session, yes: bool, json_out: bool) -> Result<()> {
     if json_out {
         emit(&json!({"dropped": keys.len(), "freed_bytes": freed}).to_string())?;
     }
+    Ok(())
+}
+
+/// `ttv gc --remote`: the same rule in the remote cache (results of recipes no current node
+/// has), then the remote blobs no remaining result references.
+fn gc_remote(
+    session: &Session,
+    store: &Store,
+    keep_bases: &HashSet<String>,
+    keep_nodes: &HashSet<String>,
+    yes: bool,
+) -> Result<()> {
+    let Some(remote) = store.configured_remote().cloned() else {
+        session.progress_info("no remote cache is configured: nothing to drop there");
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (actions, blobs) = rt.block_on(async {
+        let inv = remote.inventory().await?;
+        let mut drop = Vec::new();
+        let mut used = HashSet::new();
+        for (base, take) in &inv.actions {
+            let a = remote.action(base, *take).await?;
+            let keep = keep_bases.contains(base)
+                || a.as_ref().is_some_and(|a| {
+                    keep_nodes.contains(&a.node_id) || a.node_kind == crate::storyboard::NODE_ID
+                });
+            match a {
+                Some(a) if keep => {
+                    used.insert(a.blob);
+                }
+                _ => drop.push((base.clone(), *take)),
+            }
+        }
+        let orphans: Vec<(String, u64)> = inv
+            .blobs
+            .into_iter()
+            .filter(|(h, _)| !used.contains(h))
+            .collect();
+        if yes {
+            for (base, take) in &drop {
+                remote.delete_action(base, *take).await?;
+            }
+            for (h, _) in &orphans {
+                remote.delete_blob(h).await?;
+            }
+        }
+        anyhow::Ok((drop.len(), orphans))
+    })?;
+    let bytes: u64 = blobs.iter().map(|(_, n)| n).sum();
+    session.progress_info(&format!(
+        "remote {}: {} {actions} result(s) and {} blob(s) ({:.1} MiB){}",
+        remote.url,
+        if yes { "dropped" } else { "would drop" },
+        blobs.len(),
+        bytes as f64 / (1024.0 * 1024.0),
+        if yes {
+            ""
+        } else {
+            "; run `ttv gc --remote --yes` to drop them"
+        }
+    ));
     Ok(())
 }
 
@@ -218,11 +291,11 @@ pub fn verify(mut store: Store, progress: &Progress, json_out: bool) -> Result<u
     let mut restored = Vec::new();
     let mut forget = Vec::new();
     for (hash, _) in &blobs {
-        if store.blobs.verify(hash)? {
+        if store.verify_blob(hash)? {
             continue;
         }
         damaged.push(hash.clone());
-        let blob_path = store.blobs.path_of(hash);
+        let blob_path = store.blob_path(hash);
         let _ = fs::remove_file(&blob_path);
         let mut source = None;
         for rel in files_with.get(hash).into_iter().flatten() {
@@ -285,9 +358,9 @@ fn restore(store: &Store, source: &Path, hash: &str) -> Result<bool> {
     let Some(media) = Media::sniff(source)? else {
         return Ok(false);
     };
-    let tmp = tempfile::NamedTempFile::new_in(store.blobs.tmp_dir())?.into_temp_path();
+    let tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?.into_temp_path();
     fs::copy(source, &tmp).map_err(|e| write_error(e, &tmp))?;
-    let (restored, _) = store.blobs.put_file(tmp, media)?;
+    let (restored, _) = store.put_file(tmp, media)?;
     Ok(restored == hash)
 }
 

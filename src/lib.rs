@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod build;
+pub mod cache_cmd;
 pub mod cli;
 pub mod decide;
 pub mod doctor;
@@ -14,6 +15,7 @@ pub mod fastpath;
 pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
+pub mod import;
 pub mod limiter;
 pub mod materialize;
 pub mod media;
@@ -27,3 +29,4 @@ pub mod review;
 pub mod secret;
 pub mod stitch;
 pub mod store;
+pub mod storyboard;

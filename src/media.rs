@@ -1,4 +1,5 @@
-//! What a produced file must be before the store keeps it: a whole PNG or a whole MP4. A
+//! What a produced file must be before the store keeps it: a whole PNG, a whole MP4, or a whole
+//! JSON document (a storyboard's answer). A
 //! generator, a download or ffmpeg that stops half way (a full disk, a cut connection) leaves
 //! a file that starts right and ends wrong, and ffmpeg may even exit 0 after "Error writing
 //! trailer": only the structure of the file tells. Headers and box headers are read, never the
@@ -14,6 +15,8 @@ use std::path::Path;
 pub enum Media {
     Png,
     Mp4,
+    /// A text model's answer: one JSON document, nothing after it.
+    Json,
 }
 
 /// The last chunk of every PNG: length 0, `IEND`, its CRC.
@@ -40,7 +43,15 @@ impl Media {
         match self {
             Media::Png => "image/png",
             Media::Mp4 => "video/mp4",
+            Media::Json => "application/json",
         }
+    }
+
+    /// The media type of a MIME type the cache's rows hold.
+    pub fn from_mime(mime: &str) -> Option<Media> {
+        [Media::Png, Media::Mp4, Media::Json]
+            .into_iter()
+            .find(|m| m.mime() == mime)
     }
 
     /// The media type a file's first bytes announce, if it is one the store holds.
@@ -51,6 +62,12 @@ impl Media {
             Some(Media::Png)
         } else if n == 8 && &head[4..8] == b"ftyp" {
             Some(Media::Mp4)
+        } else if head[..n]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[')
+        {
+            Some(Media::Json)
         } else {
             None
         })
@@ -60,6 +77,7 @@ impl Media {
         match self {
             Media::Png => "PNG",
             Media::Mp4 => "MP4",
+            Media::Json => "JSON document",
         }
     }
 
@@ -79,6 +97,7 @@ impl Media {
         let why = match self {
             Media::Png => png_problem(r, len)?,
             Media::Mp4 => mp4_problem(r, len)?,
+            Media::Json => json_problem(r)?,
         };
         Ok(match why {
             None => Ok(()),
@@ -102,6 +121,15 @@ fn png_problem(r: &mut (impl Read + Seek), len: u64) -> io::Result<Option<String
     r.seek(SeekFrom::Start(len - PNG_END.len() as u64))?;
     r.read_exact(&mut end)?;
     Ok((end != PNG_END).then(|| "it does not end with its IEND chunk (cut short?)".into()))
+}
+
+/// A JSON document that parses to its end (a cut-short answer does not).
+fn json_problem(r: &mut impl Read) -> io::Result<Option<String>> {
+    let mut text = Vec::new();
+    r.read_to_end(&mut text)?;
+    Ok(serde_json::from_slice::<serde_json::Value>(&text)
+        .err()
+        .map(|e| format!("it does not parse ({e})")))
 }
 
 /// One box header: its type and where the box ends.
@@ -457,6 +485,8 @@ mod tests {
         assert!(why(Media::Mp4, &no_track).contains("no track"));
         assert!(why(Media::Mp4, &png).contains("box"));
         assert!(why(Media::Mp4, &[]).contains("ftyp"));
+        assert_eq!(Media::Json.check_bytes(br#"{"shots": []}"#), Ok(()));
+        assert!(why(Media::Json, br#"{"shots": ["#).contains("does not parse"));
         let err = Media::Mp4.check_bytes(&no_moov).unwrap_err();
         assert!(err.to_string().starts_with("not a whole MP4: "), "{err}");
     }

@@ -115,13 +115,24 @@ pub struct Prices {
     pub per_image: &'static [(&'static str, f64)],
     /// The first matching row wins: list specific rows first.
     pub per_second: &'static [VideoPrice],
+    /// Text models: USD per million input (prompt) tokens and per million output tokens
+    /// (thinking tokens are billed as output).
+    pub per_million_tokens: Option<TokenPrice>,
     /// Where a figure is not Google's own (a third-party report), said here.
     pub note: Option<&'static str>,
+}
+
+/// A text model's list price, per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenPrice {
+    pub input: f64,
+    pub output: f64,
 }
 
 const NO_PRICES: Prices = Prices {
     per_image: &[],
     per_second: &[],
+    per_million_tokens: None,
     note: None,
 };
 
@@ -235,6 +246,7 @@ pub static MODELS: &[Model] = &[
                 ("4K", 0.151),
             ],
             per_second: &[],
+            per_million_tokens: None,
             note: Some("third-party figures (Google's page lists tokens, not images)"),
         },
         sources: &[IMAGE_PAGE, GEMINI_PRICING],
@@ -252,6 +264,7 @@ pub static MODELS: &[Model] = &[
         prices: Prices {
             per_image: &[("1K", 0.134), ("2K", 0.134), ("4K", 0.24)],
             per_second: &[],
+            per_million_tokens: None,
             note: None,
         },
         sources: &[IMAGE_PAGE, GEMINI_PRICING],
@@ -345,6 +358,7 @@ pub static MODELS: &[Model] = &[
                     per_second: 0.40,
                 },
             ],
+            per_million_tokens: None,
             note: None,
         },
         sources: &[VEO_PAGE, VERTEX_PRICING],
@@ -378,6 +392,7 @@ pub static MODELS: &[Model] = &[
                     per_second: 0.15,
                 },
             ],
+            per_million_tokens: None,
             note: Some("the 4k rate is a third-party figure"),
         },
         sources: &[VEO_PAGE, VERTEX_PRICING],
@@ -449,8 +464,21 @@ pub static MODELS: &[Model] = &[
         },
         image: None,
         video: None,
-        prices: NO_PRICES,
-        sources: &["https://ai.google.dev/gemini-api/docs/models"],
+        prices: Prices {
+            per_million_tokens: Some(TokenPrice {
+                input: 1.50,
+                output: 9.00,
+            }),
+            note: Some(
+                "third-party figures (launch reports of May 2026; Google's page is the authority)",
+            ),
+            ..NO_PRICES
+        },
+        sources: &[
+            "https://ai.google.dev/gemini-api/docs/models",
+            GEMINI_PRICING,
+            "https://apidog.com/blog/gemini-3-5-flash-pricing/",
+        ],
     },
     Model {
         id: "gemini-3.1-flash-lite",
@@ -462,8 +490,19 @@ pub static MODELS: &[Model] = &[
         },
         image: None,
         video: None,
-        prices: NO_PRICES,
-        sources: &["https://ai.google.dev/gemini-api/docs/models"],
+        prices: Prices {
+            per_million_tokens: Some(TokenPrice {
+                input: 0.25,
+                output: 1.50,
+            }),
+            note: Some("third-party figures, quoted for the preview of the model"),
+            ..NO_PRICES
+        },
+        sources: &[
+            "https://ai.google.dev/gemini-api/docs/models",
+            GEMINI_PRICING,
+            "https://github.com/schlebek/ai-wish-generator/releases/tag/v3.2.0",
+        ],
     },
 ];
 
@@ -534,6 +573,14 @@ impl Model {
             .map(|(_, p)| *p)
     }
 
+    /// The list price of a text generation that read `input` tokens and wrote `output`
+    /// (thinking included), if known.
+    pub fn text_price(&self, input: u64, output: u64) -> Option<f64> {
+        self.prices
+            .per_million_tokens
+            .map(|p| (input as f64 * p.input + output as f64 * p.output) / 1_000_000.0)
+    }
+
     /// The list price of one second of video, if known.
     pub fn video_price(&self, resolution: &str, audio: bool) -> Option<f64> {
         self.prices
@@ -591,6 +638,9 @@ mod tests {
         assert_eq!(veo.video_price("720p", true), Some(0.40));
         assert_eq!(veo.video_price("1080p", false), Some(0.20));
         assert_eq!(veo.video_price("4k", false), Some(0.60));
+        let flash = find("gemini-3.5-flash").unwrap();
+        assert_eq!(flash.text_price(1_000_000, 0), Some(1.50));
+        assert_eq!(flash.text_price(2000, 1000), Some(0.012));
         assert_eq!(
             find("gemini-3.1-flash-lite-image")
                 .unwrap()

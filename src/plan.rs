@@ -21,7 +21,7 @@ use crate::recipe::{
     self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
 };
 use crate::stitch;
-use crate::store::{BlobStore, Hit, Store, Verdict};
+use crate::store::{Hit, Remote, Store, Verdict};
 
 /// Status of a node in the JSON output (the CLI contract of DESIGN.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +56,9 @@ pub struct NodeReport {
     /// The model has no known price: `cost_usd` leaves it out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cost_unknown: bool,
+    /// A cached node: where its result was found, `local` or `remote` (the shared cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
 }
 
 /// The `--json` object of `build` and `plan`.
@@ -85,6 +88,9 @@ pub struct Report {
     /// end and how many requests the service refused with 429 (`frames`, `video`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub concurrency: BTreeMap<String, crate::limiter::Stats>,
+    /// Build only: cached nodes found in the remote cache (downloaded, nothing paid).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remote: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -115,6 +121,7 @@ impl Report {
                 .iter()
                 .filter(|n| n.cost_unknown && matches!(n.status, Status::Generated | Status::Dirty))
                 .count(),
+            remote: nodes.iter().filter(|n| n.source == Some("remote")).count(),
             nodes,
             estimated_seconds: None,
             interrupted: false,
@@ -155,6 +162,19 @@ pub struct Session {
     /// Plans of the nodes [`Session::plan`] found cached, for the build to reuse.
     pub(crate) cached_plans: Mutex<HashMap<usize, NodePlan>>,
     pub(crate) progress: Progress,
+}
+
+impl NodePlan {
+    /// This plan with a hit found after the plan was made (in the remote tier): its take and
+    /// key are the hit's.
+    pub(crate) fn with_hit(mut self, hit: Hit) -> NodePlan {
+        self.take = hit.take;
+        self.key = hit.key.clone();
+        self.recipe.take = hit.take;
+        self.hit = Some(hit);
+        self.in_build = false;
+        self
+    }
 }
 
 /// A node's recipe and what the cache holds for it.
@@ -292,6 +312,25 @@ impl Session {
             session.project.keep_parsed();
         }
         Ok(session)
+    }
+
+    /// Attaches the remote tier named by `TTV_REMOTE_CACHE` (`off` for none) or ttv.yaml's
+    /// `cache.remote`, read-only when `read_only` or `cache.mode: read-only`. Sends nothing:
+    /// the remote is asked only on a local miss.
+    pub fn attach_remote(&self, read_only: bool) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let Some(url) = remote_url(&self.project)? else {
+            return Ok(());
+        };
+        let mode = if read_only {
+            crate::store::RemoteMode::ReadOnly
+        } else {
+            self.project.config.cache.mode
+        };
+        store.attach_remote(Remote::open(&url, mode)?);
+        Ok(())
     }
 
     /// Opens the cache, creating `.ttv/` if this is the project's first build (and keeping the
@@ -712,6 +751,11 @@ impl Session {
         }
     }
 
+    /// Whether node `i` was named by `--reroll` or `--force`.
+    pub(crate) fn rerolled(&self, i: usize) -> bool {
+        self.rerolls.contains(&i)
+    }
+
     /// Recipe, key and cache hit of node `i` given its dependencies' blobs.
     pub fn plan_node(&self, i: usize, blobs: &HashMap<usize, String>) -> Result<NodePlan> {
         let body = self.recipe_body(i, blobs);
@@ -764,7 +808,7 @@ impl Session {
         });
         let hit = match (found, store) {
             (Some(a), _) if in_build => Some(a),
-            (Some(a), Some(s)) if a.size > 0 && s.blobs.get(&a.blob, a.size).is_some() => Some(a),
+            (Some(a), Some(s)) if a.size > 0 && s.has_blob(&a.blob, a.size) => Some(a),
             (Some(a), _) => {
                 self.progress.warn(&format!(
                     "{}: cached output {} is missing or damaged in .ttv/objects; it will be made again",
@@ -906,6 +950,7 @@ impl Session {
                 cost_usd: self.estimate(i).unwrap_or(0.0),
                 error: None,
                 cost_unknown: self.estimate(i).is_none(),
+                source: None,
             };
             // Held back for approval: costs nothing now, and what uses it waits too.
             let mut hold = |report: &mut NodeReport, reasons: Vec<String>| {
@@ -933,6 +978,7 @@ impl Session {
                     report.backend = Some(hit.backend.clone());
                     report.cost_usd = hit.cost_usd;
                     report.cost_unknown = false;
+                    report.source = Some("local");
                     cached_plans.insert(i, plan);
                 } else {
                     let held = self.unapproved(i, &blobs);
@@ -1027,6 +1073,20 @@ impl Session {
 }
 
 /// What a segment's price depends on.
+/// The remote cache URL: `TTV_REMOTE_CACHE` (`off` or empty: none) over ttv.yaml's
+/// `cache.remote`.
+pub fn remote_url(project: &Project) -> Result<Option<String>> {
+    match std::env::var("TTV_REMOTE_CACHE") {
+        Ok(v) if v.trim().is_empty() || v.trim() == "off" => Ok(None),
+        Ok(v) => {
+            crate::store::remote::check_url(v.trim())
+                .map_err(|e| UsageError::new(format!("TTV_REMOTE_CACHE: {e}")))?;
+            Ok(Some(v.trim().to_string()))
+        }
+        Err(_) => Ok(project.config.cache.remote.clone()),
+    }
+}
+
 pub(crate) fn video_cost(r: &SegmentRecipe) -> VideoCost {
     VideoCost {
         seconds: r.duration_seconds,

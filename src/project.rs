@@ -42,6 +42,42 @@ pub struct Config {
     /// The most one build may spend, in USD (`ttv build --max-cost` overrides it).
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// `cache:`, a remote cache shared with a team and CI.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// What `ttv storyboard` drafts when it is given no prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storyboard: Option<StoryboardSettings>,
+}
+
+/// `cache:` in ttv.yaml.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `file:///shared/path` (`TTV_REMOTE_CACHE` overrides it). Credentials come from the
+    /// environment only.
+    pub remote: Option<String>,
+    /// `read-write` (default) or `read-only` (`--remote-read-only` forces it).
+    pub mode: crate::store::RemoteMode,
+}
+
+/// `storyboard:`: the request `ttv storyboard` makes when run without a prompt (`ttv import`
+/// writes it for a pipeline project that has only its prompt). Every field can be given on the
+/// command line instead.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoryboardSettings {
+    /// The idea of the film, in one prompt.
+    pub prompt: Option<String>,
+    /// How many shots to draft.
+    pub shots: Option<u32>,
+    /// The film's length, in seconds.
+    pub seconds: Option<u32>,
+    /// The text model (default `gemini-3.5-flash`).
+    pub model: Option<String>,
+    /// `gemini` | `preview` (default: `keyframes.backend`).
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -335,6 +371,29 @@ pub struct Shot {
     pub end_take: Option<u32>,
 }
 
+impl Shot {
+    /// A shot with only its id: every prompt empty, every override unset.
+    pub fn new(id: String) -> Shot {
+        Shot {
+            id,
+            transition: Transition::Continue,
+            start: None,
+            start_image: None,
+            end: String::new(),
+            motion: String::new(),
+            duration_seconds: None,
+            negative_prompt: None,
+            seed: None,
+            generate_audio: None,
+            mode: None,
+            references: None,
+            take: None,
+            start_take: None,
+            end_take: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PriceOverride {
@@ -438,12 +497,7 @@ impl Project {
             .and_then(|s| parsed::load(&root.join(CACHE_DIR), s));
         let (config, unsaved_parse) = match cached {
             Some(config) => (config, None),
-            None => {
-                let options = serde_saphyr::options! { emit_comments: false };
-                let config: Config = serde_saphyr::from_str_with_options(&source, options)
-                    .map_err(|e| yaml::config_error(&source, &e))?;
-                (config, stamp)
-            }
+            None => (parse_config(&source)?, stamp),
         };
         let mut project = Project {
             root,
@@ -610,8 +664,30 @@ fn image_extensions() -> String {
 /// allow 255 bytes per name.
 pub const MAX_SHOT_ID: usize = 64;
 
+/// Shot ids for `wanted` names (model answers, pipeline segments): each a [`slug`], cut to
+/// [`MAX_SHOT_ID`], not a group's name, unique (`-2`, `-3`... added), `shot-N` when nothing
+/// is left of the name.
+pub fn shot_ids<'a>(wanted: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, name) in wanted.into_iter().enumerate() {
+        let mut id: String = slug(name).chars().take(MAX_SHOT_ID - 4).collect();
+        id = id.trim_end_matches('-').to_string();
+        if id.is_empty() || RESERVED_IDS.contains(&id.as_str()) {
+            id = format!("shot-{}", i + 1);
+        }
+        let base = id.clone();
+        let mut n = 2;
+        while out.contains(&id) {
+            id = format!("{base}-{n}");
+            n += 1;
+        }
+        out.push(id);
+    }
+    out
+}
+
 /// Target names a shot id would be confused with (`ttv build final`).
-const RESERVED_IDS: &[&str] = &["final", "frames", "segments"];
+pub const RESERVED_IDS: &[&str] = &["final", "frames", "segments"];
 
 fn valid_shot_id(id: &str) -> bool {
     !id.is_empty()
@@ -620,8 +696,8 @@ fn valid_shot_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// A valid id close to an invalid one (`Storm 2` -> `storm-2`).
-fn slug(id: &str) -> String {
+/// A valid id close to an invalid one (`Storm 2` -> `storm-2`; may be empty).
+pub fn slug(id: &str) -> String {
     let mut out = String::new();
     for c in id.chars().flat_map(char::to_lowercase) {
         if c.is_ascii_lowercase() || c.is_ascii_digit() {
@@ -765,6 +841,14 @@ impl Project {
                 .help("e.g. `budget_usd: 20`"),
             );
         }
+        if let Some(url) = &c.cache.remote
+            && let Err(message) = crate::store::remote::check_url(url)
+        {
+            errors.push(
+                self.error_at("cache.remote", message)
+                    .help("e.g. `remote: s3://my-bucket/ttv`, `gs://my-bucket/ttv` or `file:///srv/ttv-cache`"),
+            );
+        }
         for (model, p) in &c.prices {
             for (field, value) in [("per_image", p.per_image), ("per_second", p.per_second)] {
                 if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
@@ -783,10 +867,17 @@ impl Project {
         let shots = &self.config.shots;
         let mut errors = Vec::new();
         if shots.is_empty() {
-            errors.push(
-                self.error_at("shots", "no shots")
-                    .help("add at least one shot with `id`, `start`, `end` and `motion`"),
-            );
+            let drafted = self
+                .config
+                .storyboard
+                .as_ref()
+                .is_some_and(|s| s.prompt.is_some());
+            errors.push(self.error_at("shots", "no shots").help(if drafted {
+                "run `ttv storyboard --write` to draft the shots from `storyboard.prompt`, or \
+                 add shots with `id`, `start`, `end` and `motion`"
+            } else {
+                "add at least one shot with `id`, `start`, `end` and `motion`"
+            }));
         }
         let mut first_use: HashMap<&str, usize> = HashMap::new();
         for (i, shot) in shots.iter().enumerate() {
@@ -1247,6 +1338,13 @@ impl Project {
 }
 
 /// Finds the project folder: `dir` if given, else the nearest folder upwards holding ttv.yaml.
+/// ttv.yaml's settings, parsed but not checked: for commands that work on a project before it
+/// is complete (`ttv storyboard` on a project that has no shots yet).
+pub fn parse_config(source: &str) -> Result<Config, ProjectError> {
+    let options = serde_saphyr::options! { emit_comments: false };
+    serde_saphyr::from_str_with_options(source, options).map_err(|e| yaml::config_error(source, &e))
+}
+
 pub fn find_root(dir: Option<&Path>) -> Result<PathBuf, ProjectError> {
     match dir {
         Some(dir) if dir.join(CONFIG_FILE).is_file() => {

@@ -81,6 +81,22 @@ pub struct FinalRecipe {
     pub stitch: String,
 }
 
+/// A storyboard drafted by a text model from one prompt (`ttv storyboard`): not a node of the
+/// build graph, but a cached generation like one. The request is made from these fields alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoryboardRecipe {
+    pub backend: String,
+    pub model: String,
+    pub prompt: String,
+    pub shots: u32,
+    /// The film's length asked for, in seconds.
+    pub seconds: u32,
+    /// The shot durations the video model can make, which the model is asked to choose from.
+    pub durations: Vec<u32>,
+    /// The version of ttv's instructions to the model (its wording is part of the request).
+    pub instructions: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
@@ -88,6 +104,7 @@ pub enum Body {
     Image(ImageRecipe),
     Segment(SegmentRecipe),
     Final(FinalRecipe),
+    Storyboard(StoryboardRecipe),
 }
 
 /// The whole recipe: version, body, and the take (a reroll of the same inputs is a new take,
@@ -161,7 +178,10 @@ impl Recipe {
 
     /// Whether this node costs money / calls a generator (an image from a file does not).
     pub fn is_generation(&self) -> bool {
-        matches!(self.body, Body::Frame(_) | Body::Segment(_))
+        matches!(
+            self.body,
+            Body::Frame(_) | Body::Segment(_) | Body::Storyboard(_)
+        )
     }
 }
 
@@ -450,6 +470,18 @@ mod tests {
                 Body::Final(FinalRecipe {
                     segments: vec!["a".into(), "b".into()],
                     stitch: "concat-1".into(),
+                }),
+                1,
+            ),
+            Recipe::new(
+                Body::Storyboard(StoryboardRecipe {
+                    backend: "gemini".into(),
+                    model: "gemini-3.5-flash".into(),
+                    prompt: "a lighthouse keeper's night".into(),
+                    shots: 4,
+                    seconds: 24,
+                    durations: vec![4, 6, 8],
+                    instructions: 1,
                 }),
                 1,
             ),

@@ -1,5 +1,6 @@
 //! The `gemini` frame backend: one generateContent call per keyframe on the Gemini API, with the
-//! prompt, the image to edit and the labelled references; the answer normalized to PNG.
+//! prompt, the image to edit and the labelled references; the answer normalized to PNG. And
+//! [`GeminiText`]: the same call on a text model with a JSON response schema (storyboards).
 
 use std::io::Cursor;
 
@@ -77,12 +78,139 @@ impl GeminiFrames {
     }
 
     fn url(&self, model: &str) -> String {
-        let model = model.strip_prefix("models/").unwrap_or(model);
-        format!(
-            "{}/{API_VERSION}/models/{model}:generateContent",
-            self.base_url
-        )
+        generate_content_url(&self.base_url, model)
     }
+}
+
+/// One attempt at a generateContent call: the JSON body posted with the key, the answer's JSON.
+async fn post(http: &Http, key: &Secret, url: &str, body: &[u8]) -> Result<Value, Failure> {
+    send_json(
+        http,
+        http.client()
+            .post(url)
+            .header("x-goog-api-key", key_header(key)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec()),
+    )
+    .await
+}
+
+/// `POST {base}/{version}/models/{model}:generateContent`, as the SDK calls it.
+fn generate_content_url(base_url: &str, model: &str) -> String {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    format!("{base_url}/{API_VERSION}/models/{model}:generateContent")
+}
+
+/// A text model on the Gemini API, answering in JSON shaped by a response schema.
+pub struct GeminiText {
+    http: Http,
+    base_url: String,
+    key: Secret,
+}
+
+/// A text model's answer.
+#[derive(Debug, Clone)]
+pub struct TextOutput {
+    /// The answer's text, parsed: one JSON document.
+    pub json: Value,
+    /// `usageMetadata`: tokens read, and tokens written (thinking included), as billed.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub provenance: Provenance,
+}
+
+impl GeminiText {
+    /// From the environment (`TTV_GEMINI_BASE_URL`, `GEMINI_API_KEY` / `GOOGLE_API_KEY`, else
+    /// `keyframes.api_key` given as `config_key`). Makes no request.
+    pub fn from_env(config_key: Option<&str>) -> Result<GeminiText, ProjectError> {
+        let key = auth::api_key(config_key, "storyboard")?;
+        let http = Http::new(120.0, 5).map_err(|e| ProjectError::new("environment", None, e))?;
+        let base_url = auth::env(BASE_URL_ENV).unwrap_or_else(|| DEFAULT_BASE_URL.into());
+        Ok(GeminiText::new(base_url, key, http))
+    }
+
+    pub fn new(base_url: impl Into<String>, key: Secret, http: Http) -> GeminiText {
+        GeminiText {
+            http,
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            key,
+        }
+    }
+
+    /// One generateContent call: the text parts in order, `responseMimeType:
+    /// application/json` and `schema` as `responseSchema` (the request shape of Google's SDK).
+    /// Retried like a frame; an answer that is not JSON fails for good.
+    pub async fn generate_json(
+        &self,
+        model: &str,
+        texts: &[String],
+        schema: &Value,
+        status: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<TextOutput, GenError> {
+        let parts: Vec<Value> = texts.iter().map(|t| json!({ "text": t })).collect();
+        let body = json!({
+            "contents": [{"role": "user", "parts": parts}],
+            "generationConfig": {
+                "responseMimeType": "application/json",
+                "responseSchema": schema,
+            },
+        });
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| GenError::Permanent(format!("cannot encode the request: {e}")))?;
+        let url = generate_content_url(&self.base_url, model);
+        let (url, body) = (&url, &body);
+        self.http
+            .retry(
+                "gemini generateContent",
+                &[&self.key],
+                status,
+                || async move { json_of(&post(&self.http, &self.key, url, body).await?) },
+            )
+            .await
+            .map_err(CallError::into_gen_error)
+    }
+}
+
+/// The JSON document a text answer holds (its text parts, thoughts left out), with the tokens
+/// billed. No text: a block or a failure saying why.
+fn json_of(answer: &Value) -> Result<TextOutput, Failure> {
+    let text: String = answer
+        .pointer("/candidates/0/content/parts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect();
+    if text.trim().is_empty() {
+        return Err(Failure::Final(no_output(answer, "text")));
+    }
+    let json = serde_json::from_str(&text).map_err(|e| {
+        let reason = answer
+            .pointer("/candidates/0/finishReason")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+        Failure::Final(GenError::Permanent(format!(
+            "the model's answer is not the JSON asked for ({e}; finishReason {reason})"
+        )))
+    })?;
+    let count = |k: &str| {
+        answer
+            .pointer(&format!("/usageMetadata/{k}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let field = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
+    Ok(TextOutput {
+        json,
+        input_tokens: count("promptTokenCount"),
+        output_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+        provenance: Provenance {
+            model_version: field("modelVersion"),
+            response_id: field("responseId"),
+            params: None,
+        },
+    })
 }
 
 #[async_trait]
@@ -117,16 +245,7 @@ impl FrameGenerator for GeminiFrames {
                 &*ctx.status,
                 &ctx.uncertain,
                 || async move {
-                    let sent = send_json(
-                        &self.http,
-                        self.http
-                            .client()
-                            .post(url)
-                            .header("x-goog-api-key", key_header(&self.key)?)
-                            .header(reqwest::header::CONTENT_TYPE, "application/json")
-                            .body(body.clone()),
-                    )
-                    .await;
+                    let sent = post(&self.http, &self.key, url, body).await;
                     let answer = report_load(&ctx.load, false, sent)?;
                     let (raw, provenance) = image_of(&answer)?;
                     let png = tokio::task::spawn_blocking(move || to_png(&raw))
@@ -341,11 +460,12 @@ fn image_of(answer: &Value) -> Result<(Vec<u8>, Provenance), Failure> {
         })?;
         return Ok((bytes, provenance));
     }
-    Err(Failure::Final(no_image(answer)))
+    Err(Failure::Final(no_output(answer, "image")))
 }
 
-/// Why a 200 carried no image, from finishReason / blockReason / finishMessage / the text.
-fn no_image(answer: &Value) -> GenError {
+/// Why a 200 carried no `what` (image, text), from finishReason / blockReason / finishMessage /
+/// the text.
+fn no_output(answer: &Value, what: &str) -> GenError {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     let candidate = answer.pointer("/candidates/0");
     let finish_reason = text(candidate.and_then(|c| c.get("finishReason")));
@@ -386,7 +506,7 @@ fn no_image(answer: &Value) -> GenError {
     if safety || block_reason.is_some() {
         GenError::Blocked { reason }
     } else {
-        GenError::Permanent(format!("gemini returned no image: {reason}"))
+        GenError::Permanent(format!("gemini returned no {what}: {reason}"))
     }
 }
 

@@ -286,16 +286,21 @@ pub fn key_header(key: &Secret) -> Result<reqwest::header::HeaderValue, Failure>
     Ok(value)
 }
 
+/// One TLS crypto provider for the process: ring, the one gcp_auth (the OAuth client) is built
+/// with; reqwest (ttv's client, and object_store's for the remote cache) is built without a
+/// provider of its own (`rustls-no-provider`). Called before any client is made. Installing
+/// fails only when one is installed already, which is as good.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The process's one HTTP client (connection pool, TLS setup); timeouts are set per request.
 pub fn shared_client() -> Result<reqwest::Client, String> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     if let Some(c) = CLIENT.get() {
         return Ok(c.clone());
     }
-    // One TLS crypto provider for the process: ring, the one gcp_auth (the OAuth client) is
-    // built with; reqwest is built without a provider of its own (`rustls-no-provider`).
-    // Installing fails only when one is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     // No redirect is followed for ttv: an API key or token must reach only the host it is
     // for, so a redirect is the caller's to follow (see [`download`]).
     let client = reqwest::Client::builder()

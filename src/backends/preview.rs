@@ -4,7 +4,10 @@
 //! Everything a preview shows is derived from the request, so that what changed between two
 //! builds is visible: the prompt picks the background colours, the key (so a reroll) picks the
 //! band of blocks along the top, the input image is blended into the left of the picture (the
-//! chain's continuity) and the references are thumbnails along the bottom.
+//! chain's continuity) and the references are thumbnails along the bottom. The shot and its
+//! prompt are written on the frame (an 8x8 bitmap font built in: no system font), and a clip
+//! lasts its shot and moves from its start frame to its end frame: the offline build of a
+//! storyboard is an animatic, for checking pacing and wording before anything is paid for.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -44,9 +47,20 @@ const INPUT_COVER: f32 = 0.6;
 const INPUT_FADE: f32 = 0.15;
 /// Opacity of the input image where it covers the frame: the new prompt's colours still show.
 const INPUT_OPACITY: f32 = 0.8;
+/// The input image is blended in at 1/INPUT_BLUR of the frame's size, enlarged: blurred.
+const INPUT_BLUR: u32 = 12;
 
 /// Height of the band of key-hash blocks along the top.
 const KEY_BAND_HEIGHT: u32 = 8;
+
+/// Side of a glyph of the built-in font, in pixels (the shot's name is drawn twice as large).
+const GLYPH: u32 = 8;
+/// Space between the caption's lines, and around its text on the dark panel.
+const LINE_GAP: u32 = 2;
+const CAPTION_PAD: u32 = 4;
+/// How much of the picture shows through the caption's panel: little, as the previous frame of
+/// the chain, blended in, brings its own caption along.
+const PANEL_SHADE: f32 = 0.1;
 
 pub struct PreviewFrames;
 
@@ -78,7 +92,7 @@ impl FrameGenerator for PreviewFrames {
         simulate(&req.prompt).await?;
         (ctx.status)("drawing".into());
         Ok(FrameOutput {
-            png: draw(req.clone()).await?,
+            png: draw(req.clone(), caption_title(&ctx.node_id)).await?,
             provenance: Provenance::default(),
         })
     }
@@ -161,11 +175,25 @@ impl VideoGenerator for PreviewVideo {
                 let drawn = ImageInput {
                     name: "first".into(),
                     mime_type: "image/png".into(),
-                    bytes: Arc::new(draw(frame_req).await?),
+                    bytes: Arc::new(draw(frame_req, caption_title(&ctx.node_id)).await?),
                 };
                 Motion::ZoomIn(write_input(&drawn, &ctx.tmp_dir, "first").await?)
             }
         };
+        let subtitle = ImageInput {
+            name: "subtitle".into(),
+            mime_type: "image/png".into(),
+            bytes: Arc::new(subtitle_png(
+                width,
+                &format!(
+                    "{} ({} s):",
+                    caption_title(&ctx.node_id),
+                    r.duration_seconds
+                ),
+                &r.prompt,
+            )?),
+        };
+        let subtitle = write_input(&subtitle, &ctx.tmp_dir, "subtitle").await?;
         let mut mp4s = Vec::new();
         // Each sample zooms towards its own point, as Veo's samples differ.
         for sample in 0..r.sample_count.max(1) {
@@ -180,6 +208,7 @@ impl VideoGenerator for PreviewVideo {
                 height,
                 seconds: r.duration_seconds,
                 motion: &motion,
+                subtitle: &subtitle,
                 tone_hz: r.generate_audio.then(|| tone_frequency(&r.prompt)),
                 focus: focus_point(&seed),
             };
@@ -255,14 +284,28 @@ fn clip_size(aspect_ratio: &str) -> Result<(u32, u32), GenError> {
 }
 
 /// `draw_png` off the async threads: decoding, resizing and encoding take milliseconds of CPU.
-async fn draw(req: FrameRequest) -> Result<Vec<u8>, GenError> {
-    tokio::task::spawn_blocking(move || draw_png(&req))
+async fn draw(req: FrameRequest, title: String) -> Result<Vec<u8>, GenError> {
+    tokio::task::spawn_blocking(move || draw_png(&req, &title))
         .await
         .map_err(|e| GenError::Permanent(format!("preview: the drawing task failed: {e}")))?
 }
 
-/// Draws the frame for `req` and encodes it as PNG. Pure: the same request gives the same bytes.
-fn draw_png(req: &FrameRequest) -> Result<Vec<u8>, GenError> {
+/// What a frame's caption is headed with: the shot and which of its frames it is
+/// (`arrival: end frame`), from the node id. A frame's recipe has no shot in it, so two shots
+/// with one recipe (the same prompt and inputs) share one cached frame, headed with the first.
+fn caption_title(node_id: &str) -> String {
+    let mut parts = node_id.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("frame"), Some(shot), Some(role)) => format!("{shot}: {role} frame"),
+        (Some("segment"), Some(shot), None) => shot.to_string(),
+        (Some("reference"), _, _) => "reference image".into(),
+        _ => node_id.to_string(),
+    }
+}
+
+/// Draws the frame for `req` and encodes it as PNG. Pure: the same request and title give the
+/// same bytes.
+fn draw_png(req: &FrameRequest, title: &str) -> Result<Vec<u8>, GenError> {
     let (width, height) = frame_size(&req.aspect_ratio)?;
     let prompt_hash = blake3::hash(req.prompt.as_bytes());
     let mut canvas = background(width, height, prompt_hash.as_bytes());
@@ -274,8 +317,9 @@ fn draw_png(req: &FrameRequest) -> Result<Vec<u8>, GenError> {
         .iter()
         .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
-    thumbnail_strip(&mut canvas, &references);
+    let strip_top = thumbnail_strip(&mut canvas, &references);
     key_band(&mut canvas, blake3::hash(req.key.as_bytes()).as_bytes());
+    caption(&mut canvas, title, &req.prompt, strip_top);
 
     let mut png = Vec::new();
     canvas
@@ -323,11 +367,18 @@ fn background(width: u32, height: u32, hash: &[u8; 32]) -> RgbImage {
     })
 }
 
-/// Scales `input` to the whole frame and blends it over the left part, fading into the
-/// background: the previous frame of the chain stays recognizable in the next one.
+/// Scales `input` to the whole frame, blurred, and blends it over the left part, fading into
+/// the background: the previous frame of the chain stays recognizable in the next one by its
+/// colours, while its caption, blurred away, does not show through the new one.
 fn blend_input(canvas: &mut RgbImage, input: &RgbImage) {
     let (width, height) = canvas.dimensions();
-    let scaled = imageops::resize(input, width, height, FilterType::Triangle);
+    let small = imageops::resize(
+        input,
+        (width / INPUT_BLUR).max(1),
+        (height / INPUT_BLUR).max(1),
+        FilterType::Triangle,
+    );
+    let scaled = imageops::resize(&small, width, height, FilterType::Triangle);
     let cover = width as f32 * INPUT_COVER;
     let fade = width as f32 * INPUT_FADE;
     for (x, y, px) in canvas.enumerate_pixels_mut() {
@@ -343,10 +394,52 @@ fn blend_input(canvas: &mut RgbImage, input: &RgbImage) {
     }
 }
 
-/// Each reference as a framed thumbnail, left to right along the bottom edge.
-fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) {
+/// Most lines of a clip's subtitle (the motion prompt); more end with `...`.
+const SUBTITLE_LINES: usize = 4;
+
+/// The subtitle of a clip: `title` and the motion prompt on a dark band `width` wide, as a PNG
+/// that ffmpeg lays over the bottom of the clip.
+fn subtitle_png(width: u32, title: &str, text: &str) -> Result<Vec<u8>, GenError> {
+    let columns = (width.saturating_sub(2 * CAPTION_PAD) / GLYPH).max(4) as usize;
+    let mut lines = vec![title.chars().take(columns).collect::<String>()];
+    let mut body = wrap(text, columns);
+    if body.len() > SUBTITLE_LINES {
+        body.truncate(SUBTITLE_LINES);
+        let last = body.last_mut().expect("lines were kept");
+        let kept: String = last.chars().take(columns - 3).collect();
+        *last = format!("{}...", kept.trim_end());
+    }
+    lines.extend(body);
+    let line = GLYPH + LINE_GAP;
+    // Even, as yuv420p needs every size to be.
+    let height = (2 * CAPTION_PAD + lines.len() as u32 * line).next_multiple_of(2);
+    let mut band = RgbImage::from_pixel(width, height, Rgb([16, 16, 16]));
+    for (i, l) in lines.iter().enumerate() {
+        let colour = if i == 0 {
+            Rgb([255, 214, 64])
+        } else {
+            Rgb([255, 255, 255])
+        };
+        draw_text(
+            &mut band,
+            l,
+            CAPTION_PAD,
+            CAPTION_PAD + i as u32 * line,
+            1,
+            colour,
+        );
+    }
+    let mut png = Vec::new();
+    band.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| GenError::Permanent(format!("preview: cannot encode a subtitle: {e}")))?;
+    Ok(png)
+}
+
+/// Each reference as a framed thumbnail, left to right along the bottom edge; where the strip
+/// starts (the frame's height without one).
+fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) -> u32 {
     if references.is_empty() {
-        return;
+        return canvas.height();
     }
     let (width, height) = canvas.dimensions();
     let gap = 3u32;
@@ -356,7 +449,7 @@ fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) {
         .min(((width - gap) / n).saturating_sub(gap));
     let box_size = slot.saturating_sub(2);
     if box_size == 0 {
-        return;
+        return height;
     }
     let top = height - slot - gap;
     for (i, reference) in references.iter().enumerate() {
@@ -368,6 +461,121 @@ fn thumbnail_strip(canvas: &mut RgbImage, references: &[RgbImage]) {
         }
         let thumb = imageops::resize(reference, box_size, box_size, FilterType::Triangle);
         imageops::replace(canvas, &thumb, i64::from(left + 1), i64::from(top + 1));
+    }
+    top
+}
+
+/// Writes `title` (twice the size) and `text` (word-wrapped) on a dark panel in the top left,
+/// between the key band and `bottom`; text that does not fit ends with `...`.
+fn caption(canvas: &mut RgbImage, title: &str, text: &str, bottom: u32) {
+    let width = canvas.width();
+    let columns = (width.saturating_sub(2 * (CAPTION_PAD + 2)) / GLYPH) as usize;
+    let top = KEY_BAND_HEIGHT + 2;
+    let title_height = 2 * GLYPH + LINE_GAP;
+    let line = GLYPH + LINE_GAP;
+    let room = bottom.saturating_sub(top + 2 * CAPTION_PAD + title_height) / line;
+    if columns < 4 {
+        return;
+    }
+    let mut lines = wrap(text, columns);
+    if lines.len() > room as usize {
+        lines.truncate(room as usize);
+        if let Some(last) = lines.last_mut() {
+            let kept: String = last.chars().take(columns.saturating_sub(3)).collect();
+            *last = format!("{}...", kept.trim_end());
+        }
+    }
+    let title: String = title.chars().take(columns / 2).collect();
+    let text_width = lines
+        .iter()
+        .map(|l| l.chars().count() as u32 * GLYPH)
+        .chain([title.chars().count() as u32 * 2 * GLYPH])
+        .max()
+        .unwrap_or(0);
+    let (left, right) = (2, (2 + 2 * CAPTION_PAD + text_width).min(width));
+    let panel_bottom =
+        (top + 2 * CAPTION_PAD + title_height + lines.len() as u32 * line).min(canvas.height());
+    for y in top..panel_bottom {
+        for x in left..right {
+            let px = canvas.get_pixel_mut(x, y);
+            *px = Rgb(px.0.map(|c| (f32::from(c) * PANEL_SHADE).round() as u8));
+        }
+    }
+    let x = left + CAPTION_PAD;
+    let mut y = top + CAPTION_PAD;
+    draw_text(canvas, &title, x, y, 2, Rgb([255, 214, 64]));
+    y += title_height;
+    for l in &lines {
+        draw_text(canvas, l, x, y, 1, Rgb([255, 255, 255]));
+        y += line;
+    }
+}
+
+/// `text` in lines of at most `columns` characters, broken between words (a longer word is
+/// cut).
+fn wrap(text: &str, columns: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        while word.len() > columns {
+            if !current.is_empty() {
+                lines.push(std::mem::take(&mut current));
+            }
+            lines.push(word.drain(..columns).collect());
+        }
+        let word: String = word.into_iter().collect();
+        let needed = current.chars().count() + usize::from(!current.is_empty()) + word.len();
+        if needed > columns && !current.is_empty() {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(&word);
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
+}
+
+/// Draws `text` with the built-in 8x8 font (font8x8's public-domain glyphs of basic Latin), each
+/// pixel `scale` pixels wide, from (`x`, `y`); what does not fit is left out.
+fn draw_text(canvas: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32, colour: Rgb<u8>) {
+    let (width, height) = canvas.dimensions();
+    for (i, c) in text.chars().enumerate() {
+        let glyph = font8x8::legacy::BASIC_LEGACY[usize::from(ascii(c))];
+        let left = x + i as u32 * GLYPH * scale;
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8u32 {
+                if bits & (1 << col) == 0 {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (px, py) = (left + col * scale + dx, y + row as u32 * scale + dy);
+                        if px < width && py < height {
+                            canvas.put_pixel(px, py, colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The character the built-in font draws for `c`: itself in basic Latin, the nearest ASCII for
+/// common typography, `?` otherwise.
+fn ascii(c: char) -> u8 {
+    match c {
+        ' '..='~' => c as u8,
+        '\u{2018}' | '\u{2019}' | '\u{2032}' => b'\'',
+        '\u{201c}' | '\u{201d}' | '\u{2033}' => b'"',
+        '\u{2013}' | '\u{2014}' | '\u{2212}' => b'-',
+        '\u{2026}' => b'.',
+        c if c.is_whitespace() => b' ',
+        _ => b'?',
     }
 }
 
@@ -446,6 +654,8 @@ struct Clip<'a> {
     height: u32,
     seconds: u32,
     motion: &'a Motion,
+    /// A still laid over the bottom of the clip for its whole length (the motion prompt).
+    subtitle: &'a Path,
     tone_hz: Option<u32>,
     focus: (f32, f32),
 }
@@ -478,7 +688,7 @@ impl Clip<'_> {
                 // zoompan moves in whole pixels: working at 4x keeps the motion smooth.
                 let graph = format!(
                     "{},zoompan=z='{zoom}':x='(iw-iw/zoom)*{fx:.3}':y='(ih-ih/zoom)*{fy:.3}':\
-                     d={frames}:s={w}x{h}:fps={CLIP_FPS},format=yuv420p[v]",
+                     d={frames}:s={w}x{h}:fps={CLIP_FPS},format=yuv420p[base]",
                     fit(0, w * 4, h * 4)
                 );
                 (1, graph)
@@ -487,26 +697,20 @@ impl Clip<'_> {
                 let hold = f64::from(secs) * 0.2;
                 let fade = f64::from(secs) * 0.6;
                 for (path, length) in [(first, f64::from(secs)), (last, f64::from(secs) - hold)] {
-                    args.extend([
-                        "-loop".into(),
-                        "1".into(),
-                        "-framerate".into(),
-                        CLIP_FPS.to_string().into(),
-                        "-t".into(),
-                        format!("{length:.3}").into(),
-                        "-i".into(),
-                        path.as_os_str().to_owned(),
-                    ]);
+                    args.extend(still_input(path, length));
                 }
                 let graph = format!(
                     "{},format=yuv420p[a];{},format=yuv420p[b];\
-                     [a][b]xfade=transition=fade:duration={fade:.3}:offset={hold:.3}[v]",
+                     [a][b]xfade=transition=fade:duration={fade:.3}:offset={hold:.3}[base]",
                     fit(0, w, h),
                     fit(1, w, h)
                 );
                 (2, graph)
             }
         };
+        args.extend(still_input(self.subtitle, f64::from(secs)));
+        // The motion's graph ends in [base]; the subtitle goes over its bottom.
+        let graph = format!("{graph};[base][{video_inputs}:v]overlay=0:H-h,format=yuv420p[v]");
         let graph = match self.tone_hz {
             Some(hz) => {
                 args.extend([
@@ -515,7 +719,7 @@ impl Clip<'_> {
                     "-i".into(),
                     format!("sine=frequency={hz}:sample_rate=48000:duration={secs}").into(),
                 ]);
-                format!("{graph};[{video_inputs}:a]volume={TONE_VOLUME}[a]")
+                format!("{graph};[{}:a]volume={TONE_VOLUME}[a]", video_inputs + 1)
             }
             None => graph,
         };
@@ -560,6 +764,20 @@ impl Clip<'_> {
         args.push(out.as_os_str().to_owned());
         args
     }
+}
+
+/// ffmpeg's arguments for an image as a video input of `seconds` at the clip's frame rate.
+fn still_input(path: &Path, seconds: f64) -> [OsString; 8] {
+    [
+        "-loop".into(),
+        "1".into(),
+        "-framerate".into(),
+        CLIP_FPS.to_string().into(),
+        "-t".into(),
+        format!("{seconds:.3}").into(),
+        "-i".into(),
+        path.as_os_str().to_owned(),
+    ]
 }
 
 async fn run_ffmpeg(args: &[OsString]) -> Result<(), GenError> {

@@ -180,7 +180,7 @@ async fn blob(State(app): State<Shared>, UrlPath(hash): UrlPath<String>) -> Resp
         let Some(store) = Store::open_existing(&root.join(crate::project::CACHE_DIR))? else {
             return Ok(None);
         };
-        Ok(std::fs::read(store.blobs.path_of(&hash)).ok())
+        Ok(std::fs::read(store.blob_path(&hash)).ok())
     })
     .await;
     match bytes {

@@ -327,18 +327,19 @@ fn a_full_disk_stores_nothing_partial_and_the_next_build_finishes() {
 }
 
 /// Defect 4 where ffmpeg runs out of room: a file-size limit (`ulimit -f` in a wrapper that
-/// `TTV_FFMPEG` names, with SIGXFSZ ignored so writes fail with EFBIG) lets the 40 KB clips
-/// through and cuts the 190 KB final video short. ffmpeg prints "Error writing trailer ...
-/// File too large" and exits 0; ttv stored that file as the final video.
+/// `TTV_FFMPEG` names, with SIGXFSZ ignored so writes fail with EFBIG) lets the 90 KB clips
+/// (captioned: the animatic) through and cuts the 390 KB final video short. ffmpeg prints
+/// "Error writing trailer ... File too large" and exits 0; ttv stored that file as the final
+/// video.
 #[test]
 fn a_final_video_cut_short_by_ffmpeg_is_not_stored_and_the_error_says_why() {
     let p = basic();
     let wrapper = p.path("ffmpeg-limited.sh");
     p.write(
         "ffmpeg-limited.sh",
-        // 150 blocks: 75 KiB where a block is 512 bytes (dash, POSIX), 150 KiB in bash; either
-        // way above the clips (under 45 KB) and below the final video (190 KB).
-        "#!/bin/sh\ntrap '' XFSZ\nulimit -f 150\nexec ffmpeg \"$@\"\n",
+        // 300 blocks: 150 KiB where a block is 512 bytes (dash, POSIX), 300 KiB in bash; either
+        // way above the clips (under 90 KB) and below the final video (390 KB).
+        "#!/bin/sh\ntrap '' XFSZ\nulimit -f 300\nexec ffmpeg \"$@\"\n",
     );
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
     let limited = [("TTV_FFMPEG", wrapper.to_str().expect("utf-8 path"))];

@@ -14,7 +14,7 @@ use walkdir::WalkDir;
 
 /// Environment variables of the user's shell that could change what a test run does: credentials
 /// and endpoints of the real backends, and ttv's own knobs (tests set those explicitly).
-const SCRUBBED_ENV_PREFIXES: &[&str] = &["GEMINI", "GOOGLE", "GCP_", "TTV_"];
+const SCRUBBED_ENV_PREFIXES: &[&str] = &["GEMINI", "GOOGLE", "GCP_", "TTV_", "AWS_", "AZURE_"];
 
 pub struct Project {
     root: PathBuf,

@@ -5,71 +5,36 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::backends::{OperationLog, Pending};
 use crate::materialize::{BUILD_DIR, MANIFEST, read_manifest};
 use crate::media::Media;
 use crate::recipe::TakeKeys;
 
-/// The schema a cache is at: version 1 ([`SCHEMA`]) plus every step of [`MIGRATIONS`].
-const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
-const SIGNATURE: &str = "ttv cache";
+mod local;
+mod lock;
+mod operations;
+pub mod remote;
+mod schema;
+pub mod tier;
+mod tiers;
+
+use local::LocalBlobs;
+
+pub use lock::{BuildLock, Wait};
+pub use remote::{Remote, RemoteMode};
+use schema::{migrate, set_wal};
+pub use tiers::{Flight, RemoteLookup};
+
 const DB_FILE: &str = "ttv.db";
 /// The base key of a result recovered from build/manifest.json, before the node's node id.
 const RECOVERED_BASE: &str = "recovered:";
-
-const SCHEMA: &str = "
-CREATE TABLE schema_version(signature TEXT NOT NULL, version INTEGER NOT NULL);
-CREATE TABLE blobs(
-    hash TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, created_at INTEGER NOT NULL);
-CREATE TABLE actions(
-    key TEXT PRIMARY KEY, base_key TEXT NOT NULL, node_kind TEXT NOT NULL, node_id TEXT NOT NULL,
-    recipe_json TEXT NOT NULL, blob TEXT NOT NULL, media_type TEXT NOT NULL, backend TEXT NOT NULL,
-    model TEXT NOT NULL, created_at INTEGER NOT NULL, gen_ms INTEGER NOT NULL,
-    cost_usd REAL NOT NULL, take INTEGER NOT NULL, size INTEGER NOT NULL);
-CREATE INDEX actions_by_base ON actions(base_key, take);
-CREATE TABLE nodes(node_id TEXT PRIMARY KEY, key TEXT NOT NULL, built_at INTEGER NOT NULL);
-CREATE TABLE file_hashes(
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
-    hash TEXT NOT NULL, checked_at INTEGER NOT NULL);
-CREATE TABLE operations(
-    key TEXT PRIMARY KEY, backend TEXT NOT NULL, operation_name TEXT NOT NULL,
-    submitted_at INTEGER NOT NULL);
-CREATE TABLE builds(
-    id INTEGER PRIMARY KEY, started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,
-    generated INTEGER NOT NULL, cached INTEGER NOT NULL, failed INTEGER NOT NULL,
-    cost_usd REAL NOT NULL, saved_usd REAL NOT NULL);
-";
-
-/// The schema changes after version 1, in order: `MIGRATIONS[i]` takes a cache from version
-/// `i + 1` to `i + 2`. A new cache is made at version 1 and brought up by the same steps, so an
-/// upgraded cache and a new one are the same.
-const MIGRATIONS: &[&str] = &[
-    // 2: the plan's lookup by base key ([`HIT_SELECT`]) is answered from this index alone; the
-    // row, with its kilobyte of recipe JSON, is not read (a tenth of a no-op build's time on
-    // 200 shots).
-    "CREATE INDEX actions_cover ON actions(base_key, take, key, blob, size, backend, cost_usd);
-     DROP INDEX actions_by_base;",
-    // 3: provenance of each generation (what the service reported, what was sent), and
-    // submissions recorded before they are sent: `intent` (sending), `uncertain` (sent, no
-    // answer read), `submitted` (the operation is named).
-    "ALTER TABLE actions ADD COLUMN provenance TEXT;
-     ALTER TABLE operations ADD COLUMN state TEXT NOT NULL DEFAULT 'submitted';
-     ALTER TABLE operations ADD COLUMN detail TEXT;",
-    // 4: approvals of frames, by the blob approved (a new take needs a new approval).
-    "CREATE TABLE approvals(
-         blob TEXT PRIMARY KEY, node_id TEXT NOT NULL, verdict TEXT NOT NULL,
-         decided_at INTEGER NOT NULL);",
-];
-
 /// Seconds since the epoch.
 pub fn now_secs() -> i64 {
     now_ns() / 1_000_000_000
@@ -116,6 +81,8 @@ pub struct Hit {
     pub size: u64,
     pub backend: String,
     pub cost_usd: f64,
+    /// Found in the remote cache by this build (downloaded, then recorded locally).
+    pub from_remote: bool,
 }
 
 impl From<&Action> for Hit {
@@ -127,6 +94,7 @@ impl From<&Action> for Hit {
             size: a.size,
             backend: a.backend.clone(),
             cost_usd: a.cost_usd,
+            from_remote: false,
         }
     }
 }
@@ -142,6 +110,7 @@ fn hit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hit> {
         size: r.get::<_, i64>(3)? as u64,
         backend: r.get(4)?,
         cost_usd: r.get(5)?,
+        from_remote: false,
     })
 }
 
@@ -186,77 +155,6 @@ pub struct BuildRecord {
     pub failed: usize,
     pub cost_usd: f64,
     pub saved_usd: f64,
-}
-
-/// Content-addressed blobs by blake3 hash. The local folder today; a remote tier (S3/GCS)
-/// later sits behind the same calls.
-pub trait BlobStore: Send + Sync {
-    /// Moves a finished temp file in: checks it is a whole file of its media type, hashes it,
-    /// fsyncs, renames. Returns the hash and size. Nothing is kept when any step fails.
-    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)>;
-    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)>;
-    /// The blob's path, if it is present with the expected size (a cheap check).
-    fn get(&self, hash: &str, size: u64) -> Option<PathBuf>;
-    /// Re-hashes a blob: true when its bytes match its name.
-    fn verify(&self, hash: &str) -> Result<bool>;
-}
-
-/// The local blob folder, `.ttv/objects/ab/cdef...`.
-pub struct LocalBlobs {
-    objects: PathBuf,
-    tmp: PathBuf,
-}
-
-/// Files in `.ttv/tmp` older than this were left by a build that was killed or lost power (a
-/// build's own temp files live minutes at most, under the build lock).
-const STALE_TMP: Duration = Duration::from_secs(3600);
-
-impl LocalBlobs {
-    pub fn path_of(&self, hash: &str) -> PathBuf {
-        self.objects.join(&hash[..2]).join(&hash[2..])
-    }
-
-    pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Whether the blob is in place with exactly its bytes. A file of the right name is not
-    /// enough: one damaged on disk must be replaced when the same bytes are made again.
-    fn holds(&self, hash: &str, size: u64) -> bool {
-        self.get(hash, size)
-            .is_some_and(|p| hash_file(&p).is_ok_and(|(h, _)| h == hash))
-    }
-
-    /// Renames a checked, synced temp file to the blob's name (over a damaged blob of that name).
-    fn install(&self, tmp: tempfile::TempPath, hash: &str) -> Result<()> {
-        let dest = self.path_of(hash);
-        let dir = dest.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir).map_err(|e| write_error(e, dir))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(blob_mode()))
-            .with_context(|| format!("making {} read-only", tmp.display()))?;
-        tmp.persist(&dest)
-            .map_err(|e| write_error(e.error, &dest))?;
-        File::open(dir).and_then(|d| d.sync_all()).ok();
-        Ok(())
-    }
-
-    /// Removes the temp files that builds which ended abruptly left behind. Run under the build
-    /// lock.
-    pub fn sweep_tmp(&self) {
-        let Ok(entries) = fs::read_dir(&self.tmp) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let stale = entry.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && m.modified()
-                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
-            });
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
 }
 
 /// The mode of every blob: no write bits (a blob's bytes are its name), readable by whom the
@@ -327,62 +225,15 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
 
-impl BlobStore for LocalBlobs {
-    fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)> {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| write_error(e, &tmp))?;
-        media
-            .check_file(&tmp)
-            .with_context(|| format!("reading {}", tmp.display()))?
-            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
-        let (hash, size) = hash_file(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
-        if !self.holds(&hash, size) {
-            self.install(tmp, &hash)?;
-        }
-        Ok((hash, size))
-    }
-
-    fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)> {
-        media
-            .check_bytes(bytes)
-            .map_err(|e| anyhow!("the result is {e}; nothing was stored"))?;
-        let hash = blake3::hash(bytes).to_hex().to_string();
-        let size = bytes.len() as u64;
-        if self.holds(&hash, size) {
-            return Ok((hash, size));
-        }
-        let mut f =
-            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| write_error(e, &self.tmp))?;
-        f.write_all(bytes)
-            .and_then(|_| f.as_file().sync_all())
-            .map_err(|e| write_error(e, f.path()))?;
-        self.install(f.into_temp_path(), &hash)?;
-        Ok((hash, size))
-    }
-
-    fn get(&self, hash: &str, size: u64) -> Option<PathBuf> {
-        let p = self.path_of(hash);
-        match fs::metadata(&p) {
-            Ok(m) if m.len() == size => Some(p),
-            _ => None,
-        }
-    }
-
-    fn verify(&self, hash: &str) -> Result<bool> {
-        match hash_file(&self.path_of(hash)) {
-            Ok((h, _)) => Ok(h == hash),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).context("reading a blob"),
-        }
-    }
-}
-
 /// The action index and the rest of the SQLite state.
 pub struct Store {
     pub dir: PathBuf,
-    pub blobs: LocalBlobs,
+    blobs: LocalBlobs,
     db: Mutex<Connection>,
+    /// The remote tier, when ttv.yaml or `TTV_REMOTE_CACHE` names one.
+    remote: OnceLock<Arc<Remote>>,
+    /// Uploads to the remote still running (write-behind), awaited by [`Store::flush_remote`].
+    uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Store {
@@ -430,7 +281,44 @@ impl Store {
                 tmp: dir.join("tmp"),
             },
             db: Mutex::new(conn),
+            remote: OnceLock::new(),
+            uploads: Mutex::default(),
         }
+    }
+
+    /// Where a blob of the local tier is (the file build/ links to). The remote tier fills the
+    /// local one, so every blob in use is here.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.blobs.path_of(hash)
+    }
+
+    /// Where temp files of results being made go (same file system as the blobs).
+    pub fn tmp_dir(&self) -> &Path {
+        self.blobs.tmp_dir()
+    }
+
+    /// Stores a finished temp file (see [`BlobStore::put_file`]).
+    pub fn put_file(&self, tmp: tempfile::TempPath, media: Media) -> Result<(String, u64)> {
+        self.blobs.put_file(tmp, media)
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8], media: Media) -> Result<(String, u64)> {
+        self.blobs.put_bytes(bytes, media)
+    }
+
+    /// Whether a blob is present with its size (a cheap check).
+    pub fn has_blob(&self, hash: &str, size: u64) -> bool {
+        self.blobs.get(hash, size).is_some()
+    }
+
+    /// Re-hashes a blob: true when its bytes match its name.
+    pub fn verify_blob(&self, hash: &str) -> Result<bool> {
+        self.blobs.verify(hash)
+    }
+
+    /// Removes temp files that builds which ended abruptly left behind.
+    pub fn sweep_tmp(&self) {
+        self.blobs.sweep_tmp()
     }
 
     /// The database file.
@@ -1100,15 +988,6 @@ where
     rows.map_while(Result::ok).collect()
 }
 
-fn open_lock_file(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
 pub struct ReadSnapshot<'a> {
     store: &'a Store,
 }
@@ -1138,240 +1017,11 @@ fn action_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Action> {
     })
 }
 
-/// Switches a new database to WAL (the mode is kept in the file, so later opens only read it).
-/// SQLite answers BUSY at once, without the busy handler, when two connections switch a fresh
-/// file together, so the switch is retried here for as long as the busy timeout.
-fn set_wal(conn: &Connection) -> Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let mode =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0));
-        match mode {
-            Ok(_) => return Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn migrate(conn: &Connection) -> Result<()> {
-    if let Some(stored) = stored_schema(conn)?
-        && checked(stored)? == SCHEMA_VERSION
-    {
-        return Ok(());
-    }
-    // A new or older cache: made or upgraded under SQLite's write lock (BEGIN IMMEDIATE), and
-    // looked at again once it is held: two processes can open the same cache at the same moment
-    // (the build lock is taken after the store opens), and the second must find the first one's
-    // work done, not do it again.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let upgraded = upgrade(conn);
-    conn.execute_batch(if upgraded.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    })?;
-    upgraded
-}
-
-/// The signature and version of the cache, or None when it has no schema yet.
-fn stored_schema(conn: &Connection) -> Result<Option<(String, i64)>> {
-    let has_table: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_table {
-        return Ok(None);
-    }
-    Ok(Some(conn.query_row(
-        "SELECT signature, version FROM schema_version",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?))
-}
-
-/// The version of a cache this ttv can use.
-fn checked((signature, version): (String, i64)) -> Result<i64> {
-    if signature != SIGNATURE {
-        bail!("not a ttv cache (signature `{signature}`): move .ttv/ aside and build again");
-    }
-    if version > SCHEMA_VERSION {
-        bail!(
-            "the cache was written by a newer ttv (schema {version}, this ttv knows {SCHEMA_VERSION}): upgrade ttv"
-        );
-    }
-    Ok(version)
-}
-
-/// Inside the write transaction of [`migrate`]: makes the schema or brings it up to date.
-fn upgrade(conn: &Connection) -> Result<()> {
-    let version = match stored_schema(conn)? {
-        Some(stored) => checked(stored)?,
-        None => {
-            conn.execute_batch(SCHEMA)?;
-            conn.execute(
-                "INSERT INTO schema_version(signature, version) VALUES (?1, 1)",
-                [SIGNATURE],
-            )?;
-            1
-        }
-    };
-    for step in &MIGRATIONS[(version - 1) as usize..] {
-        conn.execute_batch(step)?;
-    }
-    conn.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
-    Ok(())
-}
-
-/// `operations(operation_name, state, submitted_at, detail)`.
-type OperationRow = (String, String, i64, Option<String>);
-
-impl OperationLog for Store {
-    fn pending(&self, key: &str, backend: &str) -> Option<Pending> {
-        let conn = self.conn();
-        let row: rusqlite::Result<Option<OperationRow>> = conn
-            .prepare_cached(
-                "SELECT operation_name, state, submitted_at, detail FROM operations
-                 WHERE key = ?1 AND backend = ?2",
-            )
-            .and_then(|mut st| {
-                st.query_row([key, backend], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()
-            });
-        // A record that cannot be read might be a paid job: never a reason to submit again.
-        let row = match row {
-            Ok(row) => row?,
-            Err(e) => {
-                return Some(Pending::Uncertain {
-                    since: now_secs(),
-                    detail: format!("the cache database could not be read ({e}): run `ttv verify`"),
-                });
-            }
-        };
-        let (name, state, since, detail) = row;
-        Some(match state.as_str() {
-            "submitted" if !name.is_empty() => Pending::Operation(name),
-            // An intent still there was sent by a build that ended (killed, crashed) before the
-            // answer was recorded.
-            "intent" => Pending::Uncertain {
-                since,
-                detail: "the build that sent it ended before its answer was recorded".into(),
-            },
-            _ => Pending::Uncertain {
-                since,
-                detail: detail.unwrap_or_else(|| "no answer was read".into()),
-            },
-        })
-    }
-
-    fn intend(&self, key: &str, backend: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state)
-             VALUES (?1, ?2, '', ?3, 'intent')",
-            params![key, backend, now_secs()],
-        )?;
-        Ok(())
-    }
-
-    fn uncertain(&self, key: &str, backend: &str, detail: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state,
-                detail)
-             VALUES (?1, ?2, '', ?3, 'uncertain', ?4)",
-            params![key, backend, now_secs(), detail],
-        )?;
-        Ok(())
-    }
-
-    fn record(&self, key: &str, backend: &str, operation_name: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO operations(key, backend, operation_name, submitted_at, state)
-             VALUES (?1, ?2, ?3, ?4, 'submitted')",
-            params![key, backend, operation_name, now_secs()],
-        )?;
-        Ok(())
-    }
-
-    fn clear(&self, key: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM operations WHERE key = ?1", [key])?;
-        Ok(())
-    }
-}
-
-/// Whether taking the build lock waits for another holder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    Yes,
-    /// `--no-wait` was given: the message says how to wait instead.
-    NotAsked,
-    /// A command that never waits (clean, gc, verify).
-    Never,
-}
-
-/// The exclusive per-project build lock (`.ttv/lock`). Held until dropped.
-pub struct BuildLock {
-    _file: File,
-}
-
-impl BuildLock {
-    /// Takes the lock; when another build holds it, `on_wait` is called once and this waits,
-    /// unless `wait` is false, in which case it fails at once.
-    pub fn acquire(dir: &Path, wait: Wait, on_wait: impl FnOnce()) -> Result<BuildLock> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join("lock");
-        let file = open_lock_file(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                if wait != Wait::Yes {
-                    bail!(
-                        "another ttv build is running in this project (it holds {}); run this \
-                         again when it ends{}",
-                        path.display(),
-                        if wait == Wait::NotAsked {
-                            ", or drop --no-wait to wait for it"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                on_wait();
-                file.lock()
-                    .with_context(|| format!("waiting for {}", path.display()))?;
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
-            }
-        }
-        Ok(BuildLock { _file: file })
-    }
-
-    /// Takes the lock if no other process holds it (None if one does).
-    pub fn try_acquire(dir: &Path) -> Result<Option<BuildLock>> {
-        let path = dir.join("lock");
-        let file = open_lock_file(&path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(BuildLock { _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("locking {}", path.display()))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::schema::{SCHEMA, SCHEMA_VERSION};
     use super::*;
+    use std::io::Write;
 
     /// Two `ttv build`s started together both open a cache that does not exist yet; the
     /// build lock comes later, so the schema must be made once without either failing.
