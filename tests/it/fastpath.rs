@@ -209,3 +209,44 @@ fn a_verdict_is_seen_by_the_next_build() {
     let out = build(&p, ttv(), &[]);
     out.check(!answered_fast(&out), "a verdict forgets the record");
 }
+
+#[test]
+fn a_configured_remote_keeps_the_fast_path_and_edits_are_still_seen() {
+    let p = basic();
+    let remote = tempfile::tempdir().expect("temp dir");
+    p.edit_yaml(|yaml| {
+        format!(
+            "{yaml}\ncache:\n  remote: file://{}\n",
+            remote.path().display()
+        )
+    });
+    p.build_json(&[]);
+    let shared = |dir: &Path| -> Vec<(String, u64, SystemTime)> {
+        WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| e.expect("walk"))
+            .map(|e| {
+                let meta = e.metadata().expect("metadata");
+                (
+                    e.path().display().to_string(),
+                    meta.len(),
+                    meta.modified().expect("mtime"),
+                )
+            })
+            .collect()
+    };
+    let uploaded = shared(remote.path());
+    assert!(uploaded.len() > 1, "the first build filled the remote");
+
+    // ttv.yaml names the remote in its bytes: the fast path answers, and the remote is left
+    // alone.
+    arm(&p, ttv(), &[]);
+    assert_eq!(shared(remote.path()), uploaded);
+
+    p.replace_in_yaml(
+        "Close push in on the flame catching",
+        "Slow orbit around the flame",
+    );
+    full_build_generates(&p, &set(&["segment/lamp", "final"]));
+}
