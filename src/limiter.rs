@@ -12,8 +12,11 @@
 //! requests admitted before the last decrease are old news and do not lower it again. A
 //! backend that reports nothing (the offline preview) stays where it started.
 //!
-//! Admission is first come, first served (a semaphore whose permits follow the limit): the
-//! scheduler's order of ready nodes is kept.
+//! A slot counts a request from before it is sent until the service is done with it (a Veo
+//! operation's download that follows does not hold one of the service's slots). Admission is
+//! first come, first served (a semaphore whose permits follow the limit): the scheduler's order
+//! of ready nodes is kept; the limit grows only while it is full (the last nodes of a build do
+//! not inflate it).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
