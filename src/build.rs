@@ -916,19 +916,23 @@ impl Runner {
         })
     }
 
-    /// The totals bar's message: money, each backend's limit, and the time left at the
-    /// latencies seen so far.
+    /// The totals bar's message: money, each backend's limit, and the time left: per backend,
+    /// the generations left in waves of its limit, at the latency seen so far (before any, the
+    /// typical one the plan estimates with).
     fn status_line(&self, t: &Tracker) -> String {
         let s = &self.session;
+        let cfg = &s.project.config;
         let mut line = format!("spent ${:.2}, saved ${:.2}", t.spent, t.saved);
         let latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         let mut eta = 0.0;
-        for (kind, limiter) in [("frames", &self.frame_jobs), ("video", &self.video_jobs)] {
+        for (kind, limiter, backend) in [
+            ("frames", &self.frame_jobs, &cfg.keyframes.backend),
+            ("video", &self.video_jobs, &cfg.video.backend),
+        ] {
             let stats = limiter.stats();
-            if !stats.used {
-                continue;
+            if stats.used {
+                line += &format!(", {kind} {} at once", stats.limit);
             }
-            line += &format!(", {kind} {} at once", stats.limit);
             let left = s
                 .needed
                 .iter()
@@ -936,9 +940,11 @@ impl Runner {
                     !t.results.contains_key(&i) && kind_of(&s.graph.nodes[i].kind) == kind
                 })
                 .count();
-            if let Some((total, n)) = latencies.get(kind).filter(|l| l.1 > 0) {
-                eta += left.div_ceil(stats.limit.max(1)) as f64 * total / f64::from(*n);
-            }
+            let latency = match latencies.get(kind) {
+                Some((total, n)) if *n > 0 => total / f64::from(*n),
+                _ => crate::plan::typical_latency(backend, kind == "video"),
+            };
+            eta += left.div_ceil(stats.limit.max(1)) as f64 * latency;
         }
         if eta > 0.0 {
             line += &format!(", about {} left", crate::progress::human_duration(eta));

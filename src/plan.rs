@@ -1029,11 +1029,7 @@ impl Session {
     /// A rough wall time for the dirty nodes: per backend, waves of `jobs` at a typical latency.
     fn estimate_seconds(&self, dirty: &HashSet<usize>) -> f64 {
         let cfg = &self.project.config;
-        let typical = |backend: &str, video: bool| match (backend, video) {
-            ("preview", _) => 0.5,
-            (_, false) => 15.0,
-            (_, true) => 120.0,
-        };
+        let typical = typical_latency;
         let frames = dirty
             .iter()
             .filter(|&&i| generates_frame(&self.project, &self.graph, i))
@@ -1069,6 +1065,16 @@ impl Session {
                 .save(store)?;
         }
         Ok(())
+    }
+}
+
+/// A rough time one generation takes on `backend` (a frame, or a `video` segment), in seconds:
+/// the estimate of `plan`, and the build's ETA until it has seen some.
+pub(crate) fn typical_latency(backend: &str, video: bool) -> f64 {
+    match (backend, video) {
+        ("preview", _) => 0.5,
+        (_, false) => 15.0,
+        (_, true) => 120.0,
     }
 }
 

@@ -178,3 +178,32 @@ fn bench_adaptive_concurrency() {
     });
     println!("BENCH {out}");
 }
+
+/// On a terminal, the totals bar says how many requests each backend runs at once and how long
+/// the rest should take (from the latencies seen so far). `script` gives the build a terminal.
+#[test]
+fn the_progress_line_shows_each_limit_and_the_time_left() {
+    let p = crate::engine::basic();
+    let build = format!(
+        "{} -C {} build",
+        env!("CARGO_BIN_EXE_ttv"),
+        p.path("").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &build, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env("TTV_PREVIEW_LATENCY_MS", "300")
+        .output()
+        .expect("run script (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    for shown in ["frames 2 at once", "video 2 at once", "left"] {
+        assert!(
+            screen.contains(shown),
+            "`{shown}` not on the screen:\n{screen}"
+        );
+    }
+}
