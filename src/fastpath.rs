@@ -3,7 +3,7 @@
 //! a build that generated nothing.
 //!
 //! `.ttv/noop` is written at the end of a build (under its lock) that generated, failed, skipped
-//! and held back nothing and warned about nothing. It holds what that build's answer rested on:
+//! and held back nothing, fetched nothing from a remote cache and warned about nothing. It holds what that build's answer rested on:
 //! the blake3 of ttv.yaml's bytes, the ttv executable (as the parsed copy of ttv.yaml names
 //! it), the environment variables ttv reads, the targets, the stat-cache rows of every input and
 //! output it vouched for (references, start images, every output in build/, the manifest) and of
@@ -236,7 +236,10 @@ impl Watch {
     /// work. Called with the build lock held; `clean` says nothing was
     /// warned about. Best effort: a record that cannot be written only means a full no-op.
     pub fn finish(self, opts: &BuildOptions, report: &Report, clean: bool) {
-        let nothing_done = report.nodes.iter().all(|n| n.status == Status::Cached);
+        // Every node from the local cache: one fetched from the remote says so in the report,
+        // which the next build (a local hit) would not.
+        let nothing_done =
+            report.remote == 0 && report.nodes.iter().all(|n| n.status == Status::Cached);
         if !clean || !applies(opts) || report.interrupted || !nothing_done {
             return;
         }
