@@ -1050,7 +1050,7 @@ impl Runner {
                     .tempfile_in(blobs.tmp_dir())
                     .map_err(|e| e.to_string())?
                     .into_temp_path();
-                stitch::stitch(&paths, &tmp, blobs.tmp_dir())
+                stitch::stitch_trimmed(&paths, &r.trims, &tmp, blobs.tmp_dir())
                     .await
                     .map_err(fail)?;
                 let (h, size) = blobs.put_file(tmp, Media::Mp4).map_err(fail)?;

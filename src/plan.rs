@@ -681,6 +681,16 @@ impl Session {
             NodeKind::Final { segments } => Body::Final(FinalRecipe {
                 segments: segments.iter().map(|d| blobs[d].clone()).collect(),
                 stitch: stitch::STITCH_VERSION.into(),
+                trims: segments
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(pos, &d)| match self.graph.nodes[d].kind {
+                        NodeKind::Segment { shot, .. } => {
+                            self.project.config.shots[shot].trim.map(|t| (pos, t))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
             }),
         }
     }

@@ -369,6 +369,10 @@ pub struct Shot {
     /// Pins the take of the shot's end frame.
     #[serde(default)]
     pub end_take: Option<u32>,
+    /// `[in_s, out_s]`: the part of the segment the final stitch keeps (creators keep 5 of 8
+    /// seconds). Only `final` is made again when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trim: Option<[f64; 2]>,
 }
 
 impl Shot {
@@ -390,6 +394,7 @@ impl Shot {
             take: None,
             start_take: None,
             end_take: None,
+            trim: None,
         }
     }
 }
@@ -1016,6 +1021,36 @@ impl Project {
                 }
             }
 
+            if let Some([from, to]) = shot.trim {
+                let length = f64::from(
+                    shot.duration_seconds
+                        .unwrap_or(self.config.video.duration_seconds),
+                );
+                let problem = if !(from.is_finite() && to.is_finite()) || from < 0.0 {
+                    Some(format!(
+                        "`{}` takes two times in seconds, 0 or more",
+                        at("trim")
+                    ))
+                } else if to <= from {
+                    Some(format!(
+                        "`{}`: the end ({to} s) must come after the start ({from} s)",
+                        at("trim")
+                    ))
+                } else if to > length + 1e-9 {
+                    Some(format!(
+                        "`{}`: the end ({to} s) is past the segment's {length} s",
+                        at("trim")
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    errors.push(self.error_at(&at("trim"), message).help(format!(
+                        "e.g. `trim: [1.5, {}]` keeps from 1.5 s to the end of a {length} s segment",
+                        length.min(5.0).max(2.0)
+                    )));
+                }
+            }
             if shot.duration_seconds == Some(0) {
                 errors.push(
                     self.error_at(

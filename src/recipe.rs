@@ -2,6 +2,8 @@
 //! canonical JSON, hashed with blake3, is the node's cache key; the same struct, diffed against
 //! the recipe of the last build, is `ttv explain`'s answer (one truth, two uses).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -79,6 +81,10 @@ pub struct FinalRecipe {
     /// Segment blob hashes, in order.
     pub segments: Vec<String>,
     pub stitch: String,
+    /// `trim:` of the shots whose segment is cut, by position in `segments`: `[in_s, out_s]`.
+    /// Left out of the key while empty, so untrimmed finals keep their keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trims: BTreeMap<usize, [f64; 2]>,
 }
 
 /// A storyboard drafted by a text model from one prompt (`ttv storyboard`): not a node of the
@@ -470,6 +476,7 @@ mod tests {
                 Body::Final(FinalRecipe {
                     segments: vec!["a".into(), "b".into()],
                     stitch: "concat-1".into(),
+                    trims: Default::default(),
                 }),
                 1,
             ),

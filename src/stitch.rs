@@ -3,6 +3,7 @@
 //!
 //! ffmpeg and ffprobe are found on `PATH`, or where `TTV_FFMPEG` / `TTV_FFPROBE` point.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,18 @@ pub async fn stitch(
     out: &Path,
     tmp_dir: &Path,
 ) -> anyhow::Result<StitchMode> {
+    stitch_trimmed(segments, &BTreeMap::new(), out, tmp_dir).await
+}
+
+/// [`stitch`], keeping of the segment at position `i` only `trims[i]` (`[in_s, out_s]`). A cut
+/// falls between keyframes, so a trimmed final is re-encoded (frame-exact); an untrimmed one is
+/// a stream copy whenever the segments allow.
+pub async fn stitch_trimmed(
+    segments: &[PathBuf],
+    trims: &BTreeMap<usize, [f64; 2]>,
+    out: &Path,
+    tmp_dir: &Path,
+) -> anyhow::Result<StitchMode> {
     if segments.is_empty() {
         bail!("there are no segments to stitch");
     }
@@ -155,7 +168,7 @@ pub async fn stitch(
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?
         .into_temp_path();
 
-    let mode = if same_streams(segments).await? {
+    let mode = if trims.is_empty() && same_streams(segments).await? {
         concat_copy(segments, &partial, tmp_dir).await?;
         StitchMode::Copy
     } else {
@@ -165,11 +178,11 @@ pub async fn stitch(
         for chunk in segments.chunks(8) {
             probes.extend(futures::future::try_join_all(chunk.iter().map(|s| probe(s))).await?);
         }
-        if probes.iter().all(|p| p.signature == probes[0].signature) {
+        if trims.is_empty() && probes.iter().all(|p| p.signature == probes[0].signature) {
             concat_copy(segments, &partial, tmp_dir).await?;
             StitchMode::Copy
         } else {
-            concat_reencode(segments, &probes, &partial).await?;
+            concat_reencode(segments, &probes, trims, &partial).await?;
             StitchMode::Reencode
         }
     };
@@ -264,6 +277,7 @@ fn concat_quote(path: &str) -> String {
 async fn concat_reencode(
     segments: &[PathBuf],
     probes: &[Probe],
+    trims: &BTreeMap<usize, [f64; 2]>,
     partial: &Path,
 ) -> anyhow::Result<()> {
     let first = &probes[0].signature.video;
@@ -291,9 +305,19 @@ async fn concat_reencode(
     let mut graph = String::new();
     let mut pads = String::new();
     for (i, p) in probes.iter().enumerate() {
+        // A trimmed segment keeps [in, out) of its video, and the same span of its audio.
+        let (from, length) = match trims.get(&i) {
+            Some([from, to]) => (*from, (to.min(p.video_duration) - from).max(0.0)),
+            None => (0.0, p.video_duration),
+        };
+        let cut = match trims.get(&i) {
+            Some(_) => format!("trim=start={from:.6}:duration={length:.6},"),
+            None => String::new(),
+        };
         write!(
             graph,
-            "[{i}:v:0]scale={width}:{height}:force_original_aspect_ratio=decrease,\
+            "[{i}:v:0]{cut}setpts=PTS-STARTPTS,\
+             scale={width}:{height}:force_original_aspect_ratio=decrease,\
              pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={fps},format=yuv420p,\
              setpts=PTS-STARTPTS[v{i}];"
         )?;
@@ -301,11 +325,16 @@ async fn concat_reencode(
         if let Some((rate, layout)) = &audio {
             // Audio is cut or padded to the video's length, so the tracks stay in sync
             // across segment boundaries.
-            let length = format!("{:.6}", p.video_duration);
+            let length = format!("{length:.6}");
             if p.signature.audio.is_some() {
+                let skip = if from > 0.0 {
+                    format!("atrim=start={from:.6},asetpts=PTS-STARTPTS,")
+                } else {
+                    String::new()
+                };
                 write!(
                     graph,
-                    "[{i}:a:0]aresample={rate},aformat=sample_fmts=fltp:channel_layouts={layout},\
+                    "[{i}:a:0]{skip}aresample={rate},aformat=sample_fmts=fltp:channel_layouts={layout},\
                      apad,atrim=duration={length},asetpts=PTS-STARTPTS[a{i}];"
                 )?;
             } else {

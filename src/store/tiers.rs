@@ -514,6 +514,7 @@ mod tests {
             Body::Final(FinalRecipe {
                 segments: vec!["a".repeat(64)],
                 stitch: "concat".into(),
+                trims: Default::default(),
             }),
             1,
         );

@@ -18,3 +18,4 @@ mod review;
 mod review_gate;
 mod storyboard;
 mod support;
+mod trims;
