@@ -357,8 +357,9 @@ fn an_unreachable_remote_leaves_the_build_local_and_cache_push_uploads_later() {
 fn two_machines_building_the_same_nodes_at_once_pay_once() {
     let s3 = S3Server::start();
     let team = Team::new(s3.env("race"));
-    // Segments take a few polls: long enough for the machines to meet at every node.
-    team.fake.polls_before_done(3);
+    // Each segment's operation runs 1.5 s: the machines, started together, both need every
+    // segment while the other is making it.
+    team.fake.operation_latency(Duration::from_millis(1500));
     let (a, b) = (team.machine(), team.machine());
     let lease = [
         ("TTV_LEASE_SECONDS", "4"),
@@ -378,6 +379,8 @@ fn two_machines_building_the_same_nodes_at_once_pay_once() {
         "exactly one paid request per node over both machines\nA: {ja:#}\nB: {jb:#}"
     );
     assert_eq!(outputs(&a), outputs(&b), "both end with the same results");
+    // Each segment was made by one machine while the other, which started at the same time,
+    // waited on its lease and took its result.
     for id in FRAMES.iter().chain(SEGMENTS) {
         let made = [&ja, &jb]
             .iter()
