@@ -136,6 +136,9 @@ pub async fn run(project: &Project) -> Report {
             },
         }
     }
+    if let Some(check) = remote_cache(project).await {
+        report.push("remote cache", check);
+    }
     let preview_video = cfg.video.backend == "preview";
     if preview_video || cfg.final_.is_some() {
         report.push(
@@ -146,6 +149,36 @@ pub async fn run(project: &Project) -> Report {
         );
     }
     report
+}
+
+/// The remote cache, when one is configured: reachable with the environment's credentials
+/// (one listing, free), and how much it holds. A remote that does not answer never fails a
+/// build, but it shares nothing: worth a failed line here.
+async fn remote_cache(project: &Project) -> Option<Result<String, String>> {
+    let url = match crate::plan::remote_url(project) {
+        Ok(Some(url)) => url,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(format!("{e:#}"))),
+    };
+    let mode = project.config.cache.mode;
+    let remote = match crate::store::Remote::open(&url, mode) {
+        Ok(r) => r,
+        Err(e) => return Some(Err(format!("{e:#}"))),
+    };
+    Some(match remote.inventory().await {
+        Ok(inv) => Ok(format!(
+            "{url} ({}): reachable, {} result(s), {} blob(s)",
+            match mode {
+                crate::store::RemoteMode::ReadWrite => "read-write",
+                crate::store::RemoteMode::ReadOnly => "read-only",
+            },
+            inv.actions.len(),
+            inv.blobs.len()
+        )),
+        Err(e) => Err(format!(
+            "{e:#} (check the credentials and endpoint in the environment; builds go on with the local cache only)"
+        )),
+    })
 }
 
 /// What the registry says of a model.

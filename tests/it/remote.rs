@@ -233,6 +233,17 @@ fn read_only_mode_writes_nothing_and_keeps_its_generations_local() {
     assert_eq!(s3.writes().len(), writes_before, "status writes nothing");
 }
 
+/// The `remote cache` line of a `ttv doctor --json` report.
+fn remote_check(report: &Value) -> Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| str_field(c, "name") == "remote cache")
+        .unwrap_or_else(|| panic!("no remote cache check: {report:#}"))
+        .clone()
+}
+
 /// The remote folder's file for a blob.
 fn remote_blob(dir: &Path, hash: &str) -> PathBuf {
     dir.join("v1/blobs").join(&hash[..2]).join(hash)
@@ -299,6 +310,15 @@ fn an_unreachable_remote_leaves_the_build_local_and_cache_push_uploads_later() {
     }
     let team = Team::new(down_env);
     let a = team.machine();
+    // `ttv doctor` says so before any build.
+    let doctor = team.ttv(&a, &["--json", "doctor"], &[]);
+    let report = doctor.code(2).json();
+    let check = remote_check(&report);
+    assert_eq!(check["ok"], Value::Bool(false), "{report:#}");
+    assert!(
+        str_field(&check, "detail").contains("local cache only"),
+        "{check:#}"
+    );
     let started = Instant::now();
     let out = team.build(&a, &[], &[]);
     out.stderr_contains("continuing with the local cache only");
@@ -345,6 +365,13 @@ fn an_unreachable_remote_leaves_the_build_local_and_cache_push_uploads_later() {
         .success()
         .json();
     assert_eq!(again["pushed"].as_u64(), Some(0), "nothing twice");
+
+    let doctor = team.ttv(&a, &["--json", "doctor"], &up).success().json();
+    let check = remote_check(&doctor);
+    assert!(
+        str_field(&check, "detail").contains("reachable, 6 result(s)"),
+        "{check:#}"
+    );
 
     let paid = team.fake.paid_requests();
     let b = team.machine();
