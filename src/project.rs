@@ -1047,7 +1047,7 @@ impl Project {
                 if let Some(message) = problem {
                     errors.push(self.error_at(&at("trim"), message).help(format!(
                         "e.g. `trim: [1.5, {}]` keeps from 1.5 s to the end of a {length} s segment",
-                        length.min(5.0).max(2.0)
+                        length.clamp(2.0, 5.0)
                     )));
                 }
             }
