@@ -550,3 +550,37 @@ fn cache_pull_fetches_without_generating_and_gc_remote_drops_what_no_node_uses()
     );
     assert_eq!(team.fake.paid_requests(), paid + 2);
 }
+
+#[test]
+fn results_made_while_the_remote_was_down_are_uploaded_by_the_next_build() {
+    let (team, dir) = Team::with_folder();
+    let a = team.machine();
+    // A folder that cannot be made: the remote is down for this build.
+    let down = [("TTV_REMOTE_CACHE", "file:///proc/ttv-no-such-folder")];
+    let out = team.build(&a, &[], &down);
+    out.stderr_contains("continuing with the local cache only");
+    out.success();
+    assert!(
+        !dir.path().join("v1/actions").exists(),
+        "nothing reached the remote"
+    );
+
+    // The next build, with the remote back, has nothing to make and sends the queue.
+    let out = team.build(&a, &[], &[]);
+    out.stderr_contains(&format!(
+        "uploading {} result(s) that earlier builds could not send",
+        all_nodes().len()
+    ));
+    assert_eq!(count(&out.success().json(), "generated"), 0);
+    let status = team
+        .ttv(&a, &["--json", "cache", "status"], &[])
+        .success()
+        .json();
+    assert_eq!(status["local"]["unpushed"].as_u64(), Some(0), "{status:#}");
+
+    let paid = team.fake.paid_requests();
+    let b = team.machine();
+    let rb = team.build(&b, &[], &[]).success().json();
+    assert_eq!(team.fake.paid_requests(), paid);
+    assert_eq!(rb["remote"].as_u64(), Some(all_nodes().len() as u64));
+}
