@@ -1043,6 +1043,18 @@ impl Runner {
             (Body::Segment(r), NodeKind::Segment { .. }) => {
                 self.produce_segment(r, plan, &ctx).await
             }
+            (Body::LastFrame(r), NodeKind::LastFrame { .. }) => {
+                let tmp = tempfile::Builder::new()
+                    .suffix(".png")
+                    .tempfile_in(blobs.tmp_dir())
+                    .map_err(|e| e.to_string())?
+                    .into_temp_path();
+                stitch::last_frame(&blobs.blob_path(&r.video), &tmp)
+                    .await
+                    .map_err(fail)?;
+                let (h, size) = blobs.put_file(tmp, Media::Png).map_err(fail)?;
+                Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "image/png"))
+            }
             (Body::Final(r), _) => {
                 let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.blob_path(h)).collect();
                 let tmp = tempfile::Builder::new()

@@ -46,6 +46,13 @@ pub enum NodeKind {
     Final {
         segments: Vec<usize>,
     },
+    /// The last frame of a shot's video, extracted with ffmpeg (free, derived): where the next
+    /// shot's segment starts in chaining mode.
+    LastFrame {
+        /// The shot whose video it comes from.
+        shot: usize,
+        segment: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -68,14 +75,17 @@ impl Node {
             NodeKind::Frame { .. } => "frame",
             NodeKind::Segment { .. } => "segment",
             NodeKind::Final { .. } => "final",
+            NodeKind::LastFrame { .. } => "last_frame",
         }
     }
 
     /// The shot this node belongs to, if any.
     pub fn shot(&self) -> Option<usize> {
         match self.kind {
-            NodeKind::Frame { shot, .. } | NodeKind::Segment { shot, .. } => Some(shot),
-            _ => None,
+            NodeKind::Frame { shot, .. }
+            | NodeKind::Segment { shot, .. }
+            | NodeKind::LastFrame { shot, .. } => Some(shot),
+            NodeKind::AutoReference { .. } | NodeKind::Final { .. } => None,
         }
     }
 }
@@ -106,34 +116,33 @@ impl Graph {
             None
         };
         let mut prev_end: Option<usize> = None;
-        let mut segments = Vec::new();
+        let mut segments: Vec<usize> = Vec::new();
         for (i, shot) in cfg.shots.iter().enumerate() {
             let number = i + 1;
-            let start =
-                if let Some(p) = prev_end.filter(|_| shot.transition == Transition::Continue) {
-                    p
-                } else {
-                    let deps = auto_reference
-                        .filter(|_| shot.start_image.is_none())
-                        .into_iter()
-                        .collect();
-                    nodes.push(Node {
-                        id: format!("frame/{}/start", shot.id),
-                        kind: NodeKind::Frame {
-                            shot: i,
-                            role: FrameRole::Start,
-                            input: None,
-                            auto_reference: if shot.start_image.is_none() {
-                                auto_reference
-                            } else {
-                                None
-                            },
+            let start = if let Some(p) = prev_end.filter(|_| shot.transition != Transition::Cut) {
+                p
+            } else {
+                let deps = auto_reference
+                    .filter(|_| shot.start_image.is_none())
+                    .into_iter()
+                    .collect();
+                nodes.push(Node {
+                    id: format!("frame/{}/start", shot.id),
+                    kind: NodeKind::Frame {
+                        shot: i,
+                        role: FrameRole::Start,
+                        input: None,
+                        auto_reference: if shot.start_image.is_none() {
+                            auto_reference
+                        } else {
+                            None
                         },
-                        deps,
-                        output: format!("{BUILD_DIR}/frames/{number:03}-{}-start.png", shot.id),
-                    });
-                    nodes.len() - 1
-                };
+                    },
+                    deps,
+                    output: format!("{BUILD_DIR}/frames/{number:03}-{}-start.png", shot.id),
+                });
+                nodes.len() - 1
+            };
             let input = cfg.keyframes.chain.then_some(start);
             let mut deps: Vec<usize> = input.into_iter().chain(auto_reference).collect();
             deps.dedup();
@@ -149,10 +158,29 @@ impl Graph {
                 output: format!("{BUILD_DIR}/frames/{number:03}-{}-end.png", shot.id),
             });
             let end = nodes.len() - 1;
+            // Chaining: the segment starts on the previous video's last frame (the end frame
+            // keeps its keyframe chain, so an edit of a video does not remake keyframes).
+            let chained_from = match segments.last() {
+                Some(&prev) if cfg.chained(i) => {
+                    let prev_shot = &cfg.shots[i - 1];
+                    nodes.push(Node {
+                        id: format!("frame/{}/last", prev_shot.id),
+                        kind: NodeKind::LastFrame {
+                            shot: i - 1,
+                            segment: prev,
+                        },
+                        deps: vec![prev],
+                        output: format!("{BUILD_DIR}/frames/{:03}-{}-last.png", i, prev_shot.id),
+                    });
+                    Some(nodes.len() - 1)
+                }
+                _ => None,
+            };
             // A references-mode segment takes no keyframe: its frames are made only if
             // something else uses them.
             let (first, last) = match (cfg.video_mode(i), cfg.video.keyframe_position) {
-                (VideoMode::FirstLast, _) => (Some(start), Some(end)),
+                (VideoMode::FirstLast, _) => (Some(chained_from.unwrap_or(start)), Some(end)),
+                (VideoMode::Single, _) if chained_from.is_some() => (chained_from, None),
                 (VideoMode::Single, KeyframePosition::Last) => (Some(end), None),
                 (VideoMode::Single, _) => (Some(start), None),
                 (VideoMode::References, _) => (None, None),

@@ -480,9 +480,13 @@ impl Settings {
         match mode.as_str() {
             "chaining" => {
                 self.chaining = true;
-                self.skip(
+                self.to(
                     key,
-                    "chaining (each video starts on the last frame of the previous video) is not in ttv yet: imported as its closest, single-frame keyframe mode from each shot's start frame (the previous shot's end keyframe)",
+                    "video.chain: true, video.mode: single",
+                    Some(
+                        "each continue-shot's video starts on the last frame of the previous video, extracted with ffmpeg (a cached, free node: frame/<shot>/last)"
+                            .into(),
+                    ),
                 );
             }
             _ => self.to(key, "video.mode (with single_keyframe_mode)", None),
@@ -570,6 +574,9 @@ impl Settings {
             "\nvideo:\n  backend: {video}\n  model: {}\n  mode: {mode}\n",
             self.video_model
         );
+        if self.chaining {
+            y += "  chain: true\n";
+        }
         if let Some(p) = &self.keyframe_position {
             y += &format!("  keyframe_position: {p}\n");
         }

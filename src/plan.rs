@@ -18,7 +18,8 @@ use crate::prices::{PriceTable, VideoCost};
 use crate::progress::Progress;
 use crate::project::{KeyframePosition, Project, VideoMode};
 use crate::recipe::{
-    self, Body, FinalRecipe, FrameRecipe, ImageRecipe, Recipe, SegmentRecipe, TakeKeys,
+    self, Body, FinalRecipe, FrameRecipe, ImageRecipe, LastFrameRecipe, Recipe, SegmentRecipe,
+    TakeKeys,
 };
 use crate::stitch;
 use crate::store::{Hit, Remote, Store, Verdict};
@@ -692,6 +693,10 @@ impl Session {
                     })
                     .collect(),
             }),
+            NodeKind::LastFrame { segment, .. } => Body::LastFrame(LastFrameRecipe {
+                video: blobs[segment].clone(),
+                extract: stitch::LAST_FRAME_VERSION.into(),
+            }),
         }
     }
 
@@ -706,6 +711,11 @@ impl Session {
         let mut out = Vec::new();
         for &d in &self.graph.nodes[i].deps {
             let id = &self.graph.nodes[d].id;
+            // A chained start is the previous video's last frame: that video was the thing
+            // to judge.
+            if matches!(self.graph.nodes[d].kind, NodeKind::LastFrame { .. }) {
+                continue;
+            }
             match blobs.get(&d).and_then(|b| self.verdicts.get(b)) {
                 Some(Verdict::Approved) => {}
                 Some(Verdict::Rejected) => out.push(format!(
@@ -878,6 +888,10 @@ impl Session {
                     .iter()
                     .map(|&d| self.graph.nodes[d].id.clone())
                     .collect(),
+                ..Default::default()
+            },
+            NodeKind::LastFrame { segment, .. } => recipe::Upstream {
+                input: name(&Some(*segment)),
                 ..Default::default()
             },
             NodeKind::AutoReference { .. } => recipe::Upstream::default(),

@@ -259,11 +259,15 @@ pub struct VideoSettings {
     pub request_timeout_seconds: f64,
     /// Discouraged: used with a warning, never written anywhere.
     pub api_key: Option<Secret>,
+    /// Chaining mode for every continue-shot: its segment starts on the last frame of the
+    /// previous shot's video (as `transition: chain` does for one shot).
+    pub chain: bool,
 }
 
 impl Default for VideoSettings {
     fn default() -> Self {
         VideoSettings {
+            chain: false,
             backend: "veo".into(),
             api: VeoApi::Vertex,
             model: "veo-3.1-generate-001".into(),
@@ -326,6 +330,9 @@ pub enum Transition {
     Continue,
     /// Starts on a frame of its own (`start` or `start_image`).
     Cut,
+    /// Its segment starts on the last frame of the previous shot's video (extracted with
+    /// ffmpeg): continuity of motion, as the Python pipeline's chaining mode.
+    Chain,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -963,6 +970,15 @@ impl Project {
                 first_use.insert(id, i);
             }
 
+            if i == 0 && shot.transition == Transition::Chain {
+                errors.push(
+                    self.error_at(
+                        &at("transition"),
+                        "the first shot cannot be a chain: there is no video before it",
+                    )
+                    .help("remove `transition: chain` from the first shot"),
+                );
+            }
             let own_start = i == 0 || shot.transition == Transition::Cut;
             if own_start {
                 match (&shot.start, &shot.start_image) {
@@ -1256,6 +1272,16 @@ impl Project {
 }
 
 impl Config {
+    /// Whether shot `i`'s segment starts on the last frame of the previous shot's video.
+    pub fn chained(&self, i: usize) -> bool {
+        i > 0
+            && match self.shots[i].transition {
+                Transition::Chain => true,
+                Transition::Continue => self.video.chain,
+                Transition::Cut => false,
+            }
+    }
+
     /// The video mode of shot `shot`: its own `mode`, else `video.mode`.
     pub fn video_mode(&self, shot: usize) -> VideoMode {
         self.shots[shot].mode.unwrap_or(self.video.mode)

@@ -87,6 +87,16 @@ pub struct FinalRecipe {
     pub trims: BTreeMap<usize, [f64; 2]>,
 }
 
+/// The last frame of a video, extracted with ffmpeg (chaining mode): derived and free. Keyed
+/// by the video's bytes, so a regenerated segment invalidates it and a re-placed one does not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastFrameRecipe {
+    /// The segment's blob hash.
+    pub video: String,
+    /// How the frame is extracted (a change of method is a new key).
+    pub extract: String,
+}
+
 /// A storyboard drafted by a text model from one prompt (`ttv storyboard`): not a node of the
 /// build graph, but a cached generation like one. The request is made from these fields alone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -111,6 +121,7 @@ pub enum Body {
     Segment(SegmentRecipe),
     Final(FinalRecipe),
     Storyboard(StoryboardRecipe),
+    LastFrame(LastFrameRecipe),
 }
 
 /// The whole recipe: version, body, and the take (a reroll of the same inputs is a new take,
@@ -253,6 +264,7 @@ pub fn explain(before: &Recipe, now: &Recipe, upstream: &Upstream) -> Vec<String
             "negative_prompt" => out.push("negative prompt changed".into()),
             "references" => references(&mut out, &pairs(bv), &pairs(nv)),
             "input" => out.extend(changed_input("input frame", bv, nv, &upstream.input)),
+            "video" => out.extend(changed_input("video", bv, nv, &upstream.input)),
             "first" | "last" if b.get("frames") == n.get("frames") => {
                 let up = if name == "first" {
                     &upstream.first

@@ -19,6 +19,8 @@ use crate::store::out_of_space;
 
 /// Stitch settings that define the output; part of the final node's recipe.
 pub const STITCH_VERSION: &str = "concat-v1";
+/// How [`last_frame`] extracts a video's last frame (in its recipe: a new method, a new key).
+pub const LAST_FRAME_VERSION: &str = "ffmpeg-sseof-png-v1";
 
 /// `TTV_FFMPEG`: the ffmpeg binary to run instead of `ffmpeg` on `PATH`.
 pub const FFMPEG_ENV: &str = "TTV_FFMPEG";
@@ -213,6 +215,18 @@ async fn same_streams(segments: &[PathBuf]) -> anyhow::Result<bool> {
         Ok(true)
     })
     .await?
+}
+
+/// The last frame of `video` as a PNG at `out`: ffmpeg seeks near the end and writes each frame
+/// it decodes over the same file, so the last one stays.
+pub async fn last_frame(video: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut args: Vec<OsString> = ["-y", "-v", "error", "-sseof", "-1.5", "-i"]
+        .map(OsString::from)
+        .into();
+    args.push(video.as_os_str().to_owned());
+    args.extend(["-an", "-update", "1", "-c:v", "png", "-f", "image2"].map(OsString::from));
+    args.push(out.as_os_str().to_owned());
+    run_ffmpeg(&args, "extract the last frame").await
 }
 
 /// Duration of a media file in seconds, as ffprobe reports it.

@@ -181,8 +181,8 @@ fn a_later_pipeline_project_keeps_its_cuts_durations_and_says_what_chaining_beca
     assert_eq!(c.video.mode.as_str(), "single");
     assert_eq!(c.video.storage_uri.as_deref(), Some("gs://my-bucket/ttv/"));
     assert_eq!(c.video.max_retries, 4);
-    assert!(reason_of(&report, "generation_mode").contains("chaining"));
-    assert!(reason_of(&report, "generation_mode").contains("not in ttv yet"));
+    assert!(note_of(&report, "generation_mode").contains("last frame of the previous video"));
+    assert!(c.video.chain, "chaining mode is ttv's video.chain");
     assert_no_secret_in(&dest);
 
     let build = dest.build_json(&[]);

@@ -3,6 +3,7 @@
 
 mod animatic;
 mod bad_input;
+mod chaining;
 mod concurrency;
 mod crash;
 mod engine;
