@@ -164,7 +164,11 @@ impl Limiter {
                 st.accepted += 1;
                 // Only a limit in use is known to be too low (as TCP does not grow a window
                 // the sender does not fill): the last nodes of a build must not inflate it.
-                if st.in_flight < st.limit {
+                // In use means the service holds that many requests now (this one counted):
+                // slots taken by requests waiting out a 429's back-off, or not sent yet, say
+                // nothing of what the service can hold, and counting them let the limit creep
+                // above the service's under load.
+                if st.holding < st.limit {
                     return;
                 }
                 match st.ceiling {
