@@ -275,7 +275,7 @@ impl Remote {
         self.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Notes the first failure (later ones are the same outage); returns whether it was the first.
+    /// Notes the first failure (later ones are the same outage) and returns the error to report.
     fn fail(&self, what: &str, e: &dyn fmt::Display) -> anyhow::Error {
         let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
         let msg = format!("remote cache {}: {what}: {e}", self.url);
@@ -375,8 +375,13 @@ impl Remote {
 
     /// The leases on record for a key, by number.
     async fn leases(&self, key: &str) -> Result<Vec<u64>> {
-        let mut ns: Vec<u64> = self
-            .list_names(&self.leases_dir(key))
+        self.numbered(&self.leases_dir(key)).await
+    }
+
+    /// The numbers of the `<n>.json` objects directly under `dir` (takes, leases), in order.
+    async fn numbered<N: std::str::FromStr + Ord>(&self, dir: &OPath) -> Result<Vec<N>> {
+        let mut ns: Vec<N> = self
+            .list_names(dir)
             .await?
             .into_iter()
             .filter_map(|(n, _)| n.strip_suffix(".json")?.parse().ok())
@@ -564,14 +569,7 @@ impl BlobTier for Remote {
 #[async_trait]
 impl ActionTier for Remote {
     async fn takes(&self, base_key: &str) -> Result<Vec<u32>> {
-        let mut takes: Vec<u32> = self
-            .list_names(&self.actions_dir(base_key))
-            .await?
-            .into_iter()
-            .filter_map(|(n, _)| n.strip_suffix(".json")?.parse().ok())
-            .collect();
-        takes.sort_unstable();
-        Ok(takes)
+        self.numbered(&self.actions_dir(base_key)).await
     }
 
     async fn action(&self, base_key: &str, take: u32) -> Result<Option<ActionRecord>> {
