@@ -83,8 +83,27 @@ pub struct FinalRecipe {
     pub stitch: String,
     /// `trim:` of the shots whose segment is cut, by position in `segments`: `[in_s, out_s]`.
     /// Left out of the key while empty, so untrimmed finals keep their keys.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "positions"
+    )]
     pub trims: BTreeMap<usize, [f64; 2]>,
+}
+
+/// Reads a map keyed by position: JSON object keys are text, and inside the flattened recipe
+/// serde does not turn them back into numbers by itself.
+fn positions<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<usize, [f64; 2]>, D::Error> {
+    let text: BTreeMap<String, [f64; 2]> = Deserialize::deserialize(d)?;
+    text.into_iter()
+        .map(|(k, v)| {
+            k.parse()
+                .map(|k| (k, v))
+                .map_err(|_| serde::de::Error::custom(format!("`{k}` is not a position")))
+        })
+        .collect()
 }
 
 /// The last frame of a video, extracted with ffmpeg (chaining mode): derived and free. Keyed
@@ -505,6 +524,34 @@ mod tests {
                 1,
             ),
         ]
+    }
+
+    /// Recipes as earlier versions of ttv wrote them: each reads back to exactly the same
+    /// text, so the keys of paid results survive any move or rename in the code.
+    const GOLDEN: &[&str] = &[
+        r#"{"recipe":1,"kind":"frame","backend":"preview","model":"m","aspect_ratio":"16:9","prompt":"a","references":[["hero","aa"]],"input":"in","image_size":"2K","take":1}"#,
+        r#"{"recipe":1,"kind":"frame","backend":"gemini","model":"m","aspect_ratio":"16:9","prompt":"a","references":[],"input":null,"take":3}"#,
+        r#"{"recipe":1,"kind":"image","source":"s","take":1}"#,
+        r#"{"recipe":1,"kind":"segment","backend":"veo","model":"veo-3.1-generate-001","duration_seconds":8,"resolution":"720p","aspect_ratio":"16:9","generate_audio":true,"negative_prompt":"blur","seed":7,"prompt":"dolly in","frames":"start+end","first":"f","last":"l","person_generation":"allow_adult","sample_count":2,"references":[["hero","aa"]],"take":1}"#,
+        r#"{"recipe":1,"kind":"segment","backend":"veo","model":"veo-3.1-generate-001","duration_seconds":8,"resolution":"720p","aspect_ratio":"16:9","generate_audio":false,"negative_prompt":"","seed":null,"prompt":"dolly in","frames":"start","first":"f","last":null,"take":1}"#,
+        r#"{"recipe":1,"kind":"final","segments":["a","b"],"stitch":"concat-1","take":1}"#,
+        r#"{"recipe":1,"kind":"final","segments":["a","b"],"stitch":"concat-1","trims":{"1":[0.5,4.0]},"take":1}"#,
+        r#"{"recipe":1,"kind":"storyboard","backend":"gemini","model":"gemini-3.5-flash","prompt":"a lighthouse keeper's night","shots":4,"seconds":24,"durations":[4,6,8],"instructions":1,"take":1}"#,
+        r#"{"recipe":1,"kind":"last_frame","video":"v","extract":"ffmpeg-sseof-png-v1","take":1}"#,
+    ];
+
+    #[test]
+    fn recipes_of_earlier_versions_keep_their_keys() {
+        for json in GOLDEN {
+            let r: Recipe = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(r.canonical_json(), *json);
+            assert_eq!(r.key(), blake3::hash(json.as_bytes()).to_hex().to_string());
+        }
+        let frame: Recipe = serde_json::from_str(GOLDEN[0]).unwrap();
+        assert_eq!(
+            frame.key(),
+            "3793b9fc00856aea68194fada9f26669ba65b9c91ecd99b51a21891aa8a7eea0"
+        );
     }
 
     /// `v` changed, keeping its JSON type (null becomes a string: an option that gets set).

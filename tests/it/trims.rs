@@ -39,6 +39,13 @@ fn the_final_keeps_only_the_trimmed_spans_and_a_trim_edit_remakes_only_the_final
     p.replace_in_yaml("trim: [1, 3.5]", "trim: [0, 2]");
     let report = p.build_json(&[]);
     assert_eq!(generated_ids(&report), set(&["final"]), "{report:#}");
+    // The trimmed recipe of the last build reads back, so the reason names the field.
+    let reasons = report["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == "final"))
+        .map(|n| n["reasons"].to_string())
+        .unwrap_or_default();
+    assert!(reasons.contains("trims changed"), "{reasons}");
     let length = ffprobe_duration(&p.path("build/final.mp4"));
     assert!((length - 9.0).abs() < 0.15, "{length} s");
 
