@@ -3,7 +3,7 @@
 //! dependents; Ctrl-C starts nothing new.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,16 +11,13 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
-use crate::backends::{
-    FrameRequest, GenContext, GenError, ImageInput, OperationLog, Provenance, VideoRequest,
-};
-use crate::graph::NodeKind;
+use crate::backends::{GenContext, ImageInput, OperationLog, Provenance};
+use crate::kinds::Pool;
 use crate::limiter::{Limiter, LoadFn, Permit};
 use crate::materialize::{ManifestEntry, Materializer, Placed, write_manifest};
 use crate::media::Media;
-use crate::plan::{NodePlan, NodeReport, Report, Session, Status, video_cost};
-use crate::recipe::{Body, FrameRecipe, Recipe, SegmentRecipe};
-use crate::stitch;
+use crate::plan::{NodePlan, NodeReport, Report, Session, Status};
+use crate::recipe::Recipe;
 use crate::store::{self, Action, BuildRecord, Flight, Hit, RemoteLookup, Store, now_secs};
 
 #[derive(Debug, Clone, Default)]
@@ -80,7 +77,7 @@ enum Outcome {
 }
 
 /// A new output, in the blob store.
-struct Produced {
+pub(crate) struct Produced {
     blob: String,
     size: u64,
     /// Who made it (with fallbacks, not always the configured backend).
@@ -88,17 +85,24 @@ struct Produced {
     model: String,
     /// The whole cost of the request (all its samples, and attempts that may have been billed).
     cost_usd: f64,
-    media_type: &'static str,
-    provenance: Provenance,
+    media: Media,
+    pub(crate) provenance: Provenance,
     /// Further videos of the same request (`sample_count` > 1): `(blob, size)`, each a take.
-    more: Vec<(String, u64)>,
+    pub(crate) more: Vec<(String, u64)>,
 }
 
 /// Why `produce` made nothing.
-struct NotProduced {
-    error: String,
+pub(crate) struct NotProduced {
+    pub(crate) error: String,
     /// What attempts whose outcome is unknown may have been billed.
-    cost_usd: f64,
+    pub(crate) cost_usd: f64,
+}
+
+impl NotProduced {
+    /// A local failure (the store, ffmpeg), with its causes.
+    pub(crate) fn from_error(e: anyhow::Error) -> NotProduced {
+        format!("{e:#}").into()
+    }
 }
 
 impl From<String> for NotProduced {
@@ -116,15 +120,15 @@ impl From<&str> for NotProduced {
     }
 }
 
-/// The scheduler's shared state.
-struct Runner {
-    session: Session,
-    store: Arc<Store>,
+/// The scheduler's shared state (what a node kind's production may use).
+pub(crate) struct Runner {
+    pub(crate) session: Session,
+    pub(crate) store: Arc<Store>,
     global: Semaphore,
     frame_jobs: Arc<Limiter>,
     video_jobs: Arc<Limiter>,
-    /// Seconds each generation took, by backend kind ("frames", "video"), for the ETA.
-    latencies: std::sync::Mutex<HashMap<&'static str, (f64, u32)>>,
+    /// Seconds each generation took, by pool, for the ETA.
+    latencies: std::sync::Mutex<HashMap<Pool, (f64, u32)>>,
     /// Reference bytes, read once, on the first frame generation that needs them.
     ref_bytes: OnceCell<Vec<ImageInput>>,
     /// Set on the first Ctrl-C: nothing new starts.
@@ -384,10 +388,9 @@ fn abort_resumable(
 ) -> (usize, usize) {
     let mut stopped = 0;
     for (i, handle) in running.values() {
-        if matches!(
-            s.graph.nodes[*i].kind,
-            NodeKind::Segment { .. } | NodeKind::Final { .. }
-        ) {
+        // A frame request already sent is paid for and answers within seconds; anything else
+        // resumes (a video operation) or is free to make again.
+        if s.graph.nodes[*i].kind().pool(&s.project.config) != Pool::Frames {
             handle.abort();
             stopped += 1;
         }
@@ -574,15 +577,6 @@ impl Tracker {
     }
 }
 
-/// Which limiter a node's generation waits for.
-fn kind_of(kind: &NodeKind) -> &'static str {
-    match kind {
-        NodeKind::Frame { .. } | NodeKind::AutoReference { .. } => "frames",
-        NodeKind::Segment { .. } => "video",
-        _ => "",
-    }
-}
-
 fn status_word(status: Status) -> &'static str {
     match status {
         Status::Waiting => "WAITING",
@@ -709,11 +703,8 @@ impl Runner {
         let mat = Materializer::new(&s.project.root, &s.stats);
         // Generations wait for a slot of their backend and of the global limit; after Ctrl-C a
         // node that was still waiting for one does not start.
-        let (backend_jobs, kind) = match plan.recipe.body {
-            Body::Frame(_) => (Some(&self.frame_jobs), "frames"),
-            Body::Segment(_) => (Some(&self.video_jobs), "video"),
-            _ => (None, ""),
-        };
+        let pool = node.kind().pool(&s.project.config);
+        let backend_jobs = self.jobs_of(pool);
         let mut permits = self.slots(backend_jobs).await?;
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(Outcome::NotStarted);
@@ -787,9 +778,9 @@ impl Runner {
         };
         drop(permits);
         drop(bar);
-        if produced.is_ok() && !kind.is_empty() {
+        if produced.is_ok() && backend_jobs.is_some() {
             let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-            let e = l.entry(kind).or_default();
+            let e = l.entry(pool).or_default();
             e.0 += started.elapsed().as_secs_f64();
             e.1 += 1;
         }
@@ -819,7 +810,7 @@ impl Runner {
             node_kind: node.kind_name().into(),
             node_id: node.id.clone(),
             blob,
-            media_type: p.media_type.into(),
+            media_type: p.media.mime().into(),
             backend: p.backend.clone(),
             model: p.model.clone(),
             created_at: now_secs(),
@@ -925,10 +916,13 @@ impl Runner {
         let mut line = format!("spent ${:.2}, saved ${:.2}", t.spent, t.saved);
         let latencies = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         let mut eta = 0.0;
-        for (kind, limiter, backend) in [
-            ("frames", &self.frame_jobs, &cfg.keyframes.backend),
-            ("video", &self.video_jobs, &cfg.video.backend),
+        for (kind, pool, backend) in [
+            ("frames", Pool::Frames, &cfg.keyframes.backend),
+            ("video", Pool::Video, &cfg.video.backend),
         ] {
+            let Some(limiter) = self.jobs_of(pool) else {
+                continue;
+            };
             let stats = limiter.stats();
             if stats.used {
                 line += &format!(", {kind} {} at once", stats.limit);
@@ -937,12 +931,12 @@ impl Runner {
                 .needed
                 .iter()
                 .filter(|&&i| {
-                    !t.results.contains_key(&i) && kind_of(&s.graph.nodes[i].kind) == kind
+                    !t.results.contains_key(&i) && s.graph.nodes[i].kind().pool(cfg) == pool
                 })
                 .count();
-            let latency = match latencies.get(kind) {
+            let latency = match latencies.get(&pool) {
                 Some((total, n)) if *n > 0 => total / f64::from(*n),
-                _ => crate::plan::typical_latency(backend, kind == "video"),
+                _ => crate::plan::typical_latency(backend, pool == Pool::Video),
             };
             eta += left.div_ceil(stats.limit.max(1)) as f64 * latency;
         }
@@ -973,218 +967,29 @@ impl Runner {
             resubmit: self.forced.contains(&i),
             load,
         };
-        let blobs = &*self.store;
-        let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
-        match (&plan.recipe.body, &node.kind) {
-            (Body::Image(r), NodeKind::Frame { shot, .. }) => {
-                let rel = s.project.config.shots[*shot]
-                    .start_image
-                    .clone()
-                    .unwrap_or_default();
-                let bytes = std::fs::read(s.project.root.join(&rel))
-                    .map_err(|e| format!("reading {rel}: {e}"))?;
-                if blake3::hash(&bytes).to_hex().as_str() != r.source {
-                    return Err(
-                        format!("{rel} changed during the build; run `ttv build` again").into(),
-                    );
-                }
-                let png = tokio::task::spawn_blocking(move || to_png(&bytes))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{rel}: {e}"))?;
-                let (h, size) = blobs.put_bytes(&png, Media::Png).map_err(fail)?;
-                Ok(Produced::new(h, size, "file", "", 0.0, "image/png"))
-            }
-            (Body::Frame(r), _) => {
-                let frames = s.frames.clone().ok_or("no frame backend is configured")?;
-                let references = self.reference_inputs(r, deps, node).await?;
-                let input_image = match r.input.as_deref() {
-                    Some(h) => Some(self.blob_input("input", h).await?),
-                    None => None,
-                };
-                let req = FrameRequest {
-                    model: r.model.clone(),
-                    aspect_ratio: r.aspect_ratio.clone(),
-                    image_size: r.image_size.clone(),
-                    prompt: r.prompt.clone(),
-                    input_image,
-                    references,
-                    key: plan.key.clone(),
-                };
-                let price = s
-                    .prices
-                    .image(frames.name(), &r.model, r.image_size.as_deref())
-                    .unwrap_or(0.0);
-                // Requests whose answer was lost may have been billed too.
-                let billed = |ctx: &GenContext| {
-                    price * f64::from(ctx.uncertain.load(std::sync::atomic::Ordering::Relaxed))
-                };
-                let out = match frames.generate(&req, &ctx).await {
-                    Ok(out) => out,
-                    Err(e) => {
-                        return Err(NotProduced {
-                            error: describe(e),
-                            cost_usd: billed(&ctx),
-                        });
-                    }
-                };
-                let (h, size) = blobs.put_bytes(&out.png, Media::Png).map_err(fail)?;
-                let mut p = Produced::new(
-                    h,
-                    size,
-                    frames.name(),
-                    &r.model,
-                    price + billed(&ctx),
-                    "image/png",
-                );
-                p.provenance = out.provenance;
-                Ok(p)
-            }
-            (Body::Segment(r), NodeKind::Segment { .. }) => {
-                self.produce_segment(r, plan, &ctx).await
-            }
-            (Body::LastFrame(r), NodeKind::LastFrame { .. }) => {
-                let tmp = tempfile::Builder::new()
-                    .suffix(".png")
-                    .tempfile_in(blobs.tmp_dir())
-                    .map_err(|e| e.to_string())?
-                    .into_temp_path();
-                stitch::last_frame(&blobs.blob_path(&r.video), &tmp)
-                    .await
-                    .map_err(fail)?;
-                let (h, size) = blobs.put_file(tmp, Media::Png).map_err(fail)?;
-                Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "image/png"))
-            }
-            (Body::Final(r), _) => {
-                let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.blob_path(h)).collect();
-                let tmp = tempfile::Builder::new()
-                    .suffix(".mp4")
-                    .tempfile_in(blobs.tmp_dir())
-                    .map_err(|e| e.to_string())?
-                    .into_temp_path();
-                stitch::stitch_trimmed(&paths, &r.trims, &tmp, blobs.tmp_dir())
-                    .await
-                    .map_err(fail)?;
-                let (h, size) = blobs.put_file(tmp, Media::Mp4).map_err(fail)?;
-                Ok(Produced::new(h, size, "ffmpeg", "", 0.0, "video/mp4"))
-            }
-            _ => Err(format!("{}: recipe does not fit the node", node.id).into()),
+        node.kind.produce(self, plan, deps, &ctx).await
+    }
+
+    /// The limiter of requests in flight a pool waits for (none for local work).
+    fn jobs_of(&self, pool: Pool) -> Option<&Arc<Limiter>> {
+        match pool {
+            Pool::Frames => Some(&self.frame_jobs),
+            Pool::Video => Some(&self.video_jobs),
+            Pool::Local => None,
         }
     }
 
-    /// A segment: the request made from its recipe, tried on each video backend in turn (a
-    /// fallback with its own model) until one makes it or fails in a way another cannot fix.
-    async fn produce_segment(
-        &self,
-        r: &SegmentRecipe,
-        plan: &NodePlan,
-        ctx: &GenContext,
-    ) -> Result<Produced, NotProduced> {
-        let s = &self.session;
-        let blobs = &*self.store;
-        let fail = |e: anyhow::Error| NotProduced::from(format!("{e:#}"));
-        let first = match r.first.as_deref() {
-            Some(h) => Some(self.blob_input("first", h).await?),
-            None => None,
-        };
-        let last = match r.last.as_deref() {
-            Some(h) => Some(self.blob_input("last", h).await?),
-            None => None,
-        };
-        let references = self.project_references(&r.references).await?;
-        // A backend with a submission on record for this key is where the node resumes: the
-        // ones before it failed for good when it was sent, and sending to them again would
-        // replace that record (one per key) and lose the paid job (a fallback's operation
-        // after a crash or a poll timeout).
-        let resume_at = s
-            .videos
-            .iter()
-            .position(|vb| {
-                ctx.operations
-                    .pending(&ctx.key, &vb.generator.label())
-                    .is_some()
-            })
-            .unwrap_or(0);
-        let mut errors = Vec::new();
-        for (n, vb) in s.videos.iter().enumerate().skip(resume_at) {
-            let req = VideoRequest {
-                recipe: SegmentRecipe {
-                    model: vb.model.clone(),
-                    ..r.clone()
-                },
-                first: first.clone(),
-                last: last.clone(),
-                references: references.clone(),
-                key: plan.key.clone(),
-            };
-            let g = &vb.generator;
-            match g.generate(&req, ctx).await {
-                Ok(out) => {
-                    let mut stored = Vec::new();
-                    for mp4 in out.mp4s {
-                        stored.push(blobs.put_file(mp4, Media::Mp4).map_err(fail)?);
-                    }
-                    let cost = s
-                        .prices
-                        .video(g.name(), &vb.model, &video_cost(&req.recipe))
-                        .unwrap_or(0.0);
-                    if n > 0 {
-                        let why = if errors.is_empty() {
-                            "(the operation an earlier build submitted)".to_string()
-                        } else {
-                            format!("after: {}", errors.join("; "))
-                        };
-                        s.progress.warn(&format!(
-                            "{}: made by fallback {} {why}",
-                            ctx.node_id,
-                            g.label(),
-                        ));
-                    }
-                    let mut stored = stored.into_iter();
-                    let (h, size) = stored
-                        .next()
-                        .ok_or_else(|| format!("{} returned no video", g.label()))?;
-                    let mut p = Produced::new(h, size, &g.label(), &vb.model, cost, "video/mp4");
-                    p.provenance = out.provenance;
-                    p.more = stored.collect();
-                    return Ok(p);
-                }
-                Err(e) => {
-                    // Backend messages usually name the backend already.
-                    let msg = describe(e.clone());
-                    let label = g.label();
-                    errors.push(if msg.starts_with(&label) {
-                        msg
-                    } else {
-                        format!("{label}: {msg}")
-                    });
-                    if !e.is_permanent() {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(errors.join("; then ").into())
+    /// A new, empty temporary file ending in `suffix` beside the blob store (so the store takes
+    /// it with a rename), removed when dropped unless the store takes it.
+    pub(crate) fn temp_file(&self, suffix: &str) -> Result<tempfile::TempPath, String> {
+        Ok(tempfile::Builder::new()
+            .suffix(suffix)
+            .tempfile_in(self.store.tmp_dir())
+            .map_err(|e| e.to_string())?
+            .into_temp_path())
     }
 
-    /// The project's reference files named in `refs` (a references-mode segment), checked
-    /// against the hashes in its recipe.
-    async fn project_references(
-        &self,
-        refs: &[(String, String)],
-    ) -> Result<Vec<ImageInput>, String> {
-        let all = self.all_references().await?;
-        refs.iter()
-            .map(|(name, _)| {
-                all.iter()
-                    .find(|i| &i.name == name)
-                    .cloned()
-                    .ok_or_else(|| format!("reference {name} is not in the references folder"))
-            })
-            .collect()
-    }
-
-    async fn blob_input(&self, name: &str, hash: &str) -> Result<ImageInput, String> {
+    pub(crate) async fn blob_input(&self, name: &str, hash: &str) -> Result<ImageInput, String> {
         let path = self.store.blob_path(hash);
         let bytes = tokio::fs::read(&path)
             .await
@@ -1198,7 +1003,7 @@ impl Runner {
 
     /// Every reference image of the project: read once per build, checked against the hashes
     /// the plan made the keys with.
-    async fn all_references(&self) -> Result<&Vec<ImageInput>, String> {
+    pub(crate) async fn all_references(&self) -> Result<&Vec<ImageInput>, String> {
         let s = &self.session;
         self.ref_bytes
             .get_or_try_init(|| async {
@@ -1222,32 +1027,6 @@ impl Runner {
                 Ok::<_, String>(out)
             })
             .await
-    }
-
-    /// The reference images of a frame request: the project's that its recipe names, and the
-    /// auto reference, if it is one.
-    async fn reference_inputs(
-        &self,
-        r: &FrameRecipe,
-        deps: &HashMap<usize, String>,
-        node: &crate::graph::Node,
-    ) -> Result<Vec<ImageInput>, String> {
-        let files = self.all_references().await?;
-        let mut out: Vec<ImageInput> = files
-            .iter()
-            .filter(|f| r.references.iter().any(|(name, _)| *name == f.name))
-            .cloned()
-            .collect();
-        if let NodeKind::Frame {
-            auto_reference: Some(a),
-            ..
-        } = node.kind
-        {
-            let hash = deps.get(&a).ok_or("reference/auto has no output")?;
-            out.push(self.blob_input("auto", hash).await?);
-        }
-        debug_assert_eq!(out.len(), r.references.len());
-        Ok(out)
     }
 
     /// Records the node keys, the manifest, the stat cache and the build's totals.
@@ -1297,13 +1076,13 @@ impl Runner {
 }
 
 impl Produced {
-    fn new(
+    pub(crate) fn new(
         blob: String,
         size: u64,
         backend: &str,
         model: &str,
         cost_usd: f64,
-        media_type: &'static str,
+        media: Media,
     ) -> Produced {
         Produced {
             blob,
@@ -1311,15 +1090,11 @@ impl Produced {
             backend: backend.into(),
             model: model.into(),
             cost_usd,
-            media_type,
+            media,
             provenance: Provenance::default(),
             more: Vec::new(),
         }
     }
-}
-
-fn describe(e: GenError) -> String {
-    e.to_string()
 }
 
 /// The provenance column of an action: only what the service reported or was sent.
@@ -1335,14 +1110,4 @@ fn provenance_json(p: &Provenance) -> Option<String> {
         })
         .to_string(),
     )
-}
-
-/// Re-encodes any supported image as PNG (deterministic for the same input).
-fn to_png(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let img =
-        crate::media::decode_bounded(bytes).map_err(|e| format!("not a usable image: {e}"))?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    Ok(out.into_inner())
 }

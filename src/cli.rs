@@ -12,7 +12,6 @@ use crate::build::{self, BuildOptions};
 use crate::error::{
     EXIT_INTERRUPTED, EXIT_NODE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code_for,
 };
-use crate::graph::NodeKind;
 use crate::plan::{Report, Session, Status};
 use crate::progress::{Progress, Verbosity, emit, human_duration, say};
 use crate::project::{self, Project};
@@ -603,21 +602,14 @@ pub(crate) fn build_project(
         if let Some(n) = report.nodes.iter().find(|n| &n.id == r)
             && n.status == Status::Generated
             && let Some(i) = graph.index_of(r)
+            && let Some(pin) = graph.nodes[i].kind().pin(project_cfg)
         {
-            let pin = match &graph.nodes[i].kind {
-                NodeKind::Frame { shot, role, .. } => {
-                    Some((*shot, format!("{}_take", role.as_str())))
-                }
-                NodeKind::Segment { shot, .. } => Some((*shot, "take".to_string())),
-                _ => None,
-            };
-            if let Some((shot, field)) = pin {
-                progress.info(&format!(
-                    "{r}: made take {} (earlier takes are kept). To pin a take, set `{field}: N` under shot `{}` in ttv.yaml; `ttv takes {r}` lists them",
-                    n.take.unwrap_or(0),
-                    project_cfg.shots[shot].id
-                ));
-            }
+            progress.info(&format!(
+                "{r}: made take {} (earlier takes are kept). To pin a take, set `{}: N` under shot `{}` in ttv.yaml; `ttv takes {r}` lists them",
+                n.take.unwrap_or(0),
+                pin.field,
+                project_cfg.shots[pin.shot].id
+            ));
         }
     }
     Ok(report)

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::error::UsageError;
-use crate::graph::{Graph, NodeKind};
+use crate::graph::Graph;
 use crate::plan::Session;
 use crate::progress::Progress;
 use crate::project::Project;
@@ -41,7 +41,7 @@ pub fn judge(
     let mut frames = Vec::new();
     for t in targets {
         for i in session.graph.resolve_target(&session.project, t)? {
-            if matches!(session.graph.nodes[i].kind, NodeKind::Frame { .. }) {
+            if session.graph.nodes[i].kind().judged() {
                 frames.push(i);
             }
         }
@@ -88,16 +88,13 @@ pub fn pin(project: &Project, node: &str, take: u32, progress: &Progress) -> Res
             "`{node}` is not a node id (`ttv plan -v` lists them)"
         ))
     })?;
-    let (shot, field) = match &graph.nodes[i].kind {
-        NodeKind::Frame { shot, role, .. } => (*shot, format!("{}_take", role.as_str())),
-        NodeKind::Segment { shot, .. } => (*shot, "take".to_string()),
-        _ => {
-            return Err(UsageError::new(format!(
-                "{node} has no takes to pin: only frames and segments do"
-            ))
-            .into());
-        }
+    let Some(pin) = graph.nodes[i].kind().pin(&project.config) else {
+        return Err(UsageError::new(format!(
+            "{node} has no takes to pin: only frames and segments do"
+        ))
+        .into());
     };
+    let (shot, field) = (pin.shot, pin.field);
     if take == 0 {
         return Err(UsageError::new("takes are numbered from 1").into());
     }

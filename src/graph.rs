@@ -7,53 +7,9 @@ use crate::error::UsageError;
 use crate::materialize::BUILD_DIR;
 use crate::project::{KeyframePosition, Project, Transition, VideoMode};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameRole {
-    Start,
-    End,
-}
-
-impl FrameRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FrameRole::Start => "start",
-            FrameRole::End => "end",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeKind {
-    /// A reference image generated from the first shot's start prompt (no references given).
-    AutoReference {
-        shot: usize,
-    },
-    Frame {
-        shot: usize,
-        role: FrameRole,
-        /// The frame to edit (previous frame in the chain), when `chain` is on.
-        input: Option<usize>,
-        /// `reference/auto`, when it fired.
-        auto_reference: Option<usize>,
-    },
-    Segment {
-        shot: usize,
-        /// Sent as the first frame (`image`).
-        first: Option<usize>,
-        /// Sent as the last frame (`lastFrame`, first-last mode).
-        last: Option<usize>,
-    },
-    Final {
-        segments: Vec<usize>,
-    },
-    /// The last frame of a shot's video, extracted with ffmpeg (free, derived): where the next
-    /// shot's segment starts in chaining mode.
-    LastFrame {
-        /// The shot whose video it comes from.
-        shot: usize,
-        segment: usize,
-    },
-}
+pub use crate::kinds::{
+    AutoReference, Final, Frame, FrameRole, Kind, LastFrame, NodeKind, Segment,
+};
 
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -68,24 +24,28 @@ pub struct Node {
 }
 
 impl Node {
-    /// `frame`, `segment`, `final` or `reference`: the `kind` field of the JSON output.
+    /// What its kind is (recipe, production, price, pool).
+    pub fn kind(&self) -> &dyn Kind {
+        self.kind.get()
+    }
+
+    /// `frame`, `segment`, `final`, `reference`, `last_frame`: the `kind` field of the JSON
+    /// output.
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            NodeKind::AutoReference { .. } => "reference",
-            NodeKind::Frame { .. } => "frame",
-            NodeKind::Segment { .. } => "segment",
-            NodeKind::Final { .. } => "final",
-            NodeKind::LastFrame { .. } => "last_frame",
-        }
+        self.kind().name()
     }
 
     /// The shot this node belongs to, if any.
     pub fn shot(&self) -> Option<usize> {
-        match self.kind {
-            NodeKind::Frame { shot, .. }
-            | NodeKind::Segment { shot, .. }
-            | NodeKind::LastFrame { shot, .. } => Some(shot),
-            NodeKind::AutoReference { .. } | NodeKind::Final { .. } => None,
+        self.kind().shot()
+    }
+
+    fn new(id: String, kind: NodeKind, output: String) -> Node {
+        Node {
+            id,
+            deps: kind.deps(),
+            kind,
+            output,
         }
     }
 }
@@ -105,12 +65,11 @@ impl Graph {
             && cfg.keyframes.auto_reference
             && cfg.shots.first().is_some_and(|s| s.start.is_some())
         {
-            nodes.push(Node {
-                id: "reference/auto".into(),
-                kind: NodeKind::AutoReference { shot: 0 },
-                deps: vec![],
-                output: format!("{BUILD_DIR}/references/auto.png"),
-            });
+            nodes.push(Node::new(
+                "reference/auto".into(),
+                NodeKind::AutoReference(AutoReference { shot: 0 }),
+                format!("{BUILD_DIR}/references/auto.png"),
+            ));
             Some(0)
         } else {
             None
@@ -122,56 +81,42 @@ impl Graph {
             let start = if let Some(p) = prev_end.filter(|_| shot.transition != Transition::Cut) {
                 p
             } else {
-                let deps = auto_reference
-                    .filter(|_| shot.start_image.is_none())
-                    .into_iter()
-                    .collect();
-                nodes.push(Node {
-                    id: format!("frame/{}/start", shot.id),
-                    kind: NodeKind::Frame {
+                nodes.push(Node::new(
+                    format!("frame/{}/start", shot.id),
+                    NodeKind::Frame(Frame {
                         shot: i,
                         role: FrameRole::Start,
                         input: None,
-                        auto_reference: if shot.start_image.is_none() {
-                            auto_reference
-                        } else {
-                            None
-                        },
-                    },
-                    deps,
-                    output: format!("{BUILD_DIR}/frames/{number:03}-{}-start.png", shot.id),
-                });
+                        auto_reference: auto_reference.filter(|_| shot.start_image.is_none()),
+                    }),
+                    format!("{BUILD_DIR}/frames/{number:03}-{}-start.png", shot.id),
+                ));
                 nodes.len() - 1
             };
-            let input = cfg.keyframes.chain.then_some(start);
-            let mut deps: Vec<usize> = input.into_iter().chain(auto_reference).collect();
-            deps.dedup();
-            nodes.push(Node {
-                id: format!("frame/{}/end", shot.id),
-                kind: NodeKind::Frame {
+            nodes.push(Node::new(
+                format!("frame/{}/end", shot.id),
+                NodeKind::Frame(Frame {
                     shot: i,
                     role: FrameRole::End,
-                    input,
+                    input: cfg.keyframes.chain.then_some(start),
                     auto_reference,
-                },
-                deps,
-                output: format!("{BUILD_DIR}/frames/{number:03}-{}-end.png", shot.id),
-            });
+                }),
+                format!("{BUILD_DIR}/frames/{number:03}-{}-end.png", shot.id),
+            ));
             let end = nodes.len() - 1;
             // Chaining: the segment starts on the previous video's last frame (the end frame
             // keeps its keyframe chain, so an edit of a video does not remake keyframes).
             let chained_from = match segments.last() {
                 Some(&prev) if cfg.chained(i) => {
                     let prev_shot = &cfg.shots[i - 1];
-                    nodes.push(Node {
-                        id: format!("frame/{}/last", prev_shot.id),
-                        kind: NodeKind::LastFrame {
+                    nodes.push(Node::new(
+                        format!("frame/{}/last", prev_shot.id),
+                        NodeKind::LastFrame(LastFrame {
                             shot: i - 1,
                             segment: prev,
-                        },
-                        deps: vec![prev],
-                        output: format!("{BUILD_DIR}/frames/{:03}-{}-last.png", i, prev_shot.id),
-                    });
+                        }),
+                        format!("{BUILD_DIR}/frames/{:03}-{}-last.png", i, prev_shot.id),
+                    ));
                     Some(nodes.len() - 1)
                 }
                 _ => None,
@@ -185,28 +130,24 @@ impl Graph {
                 (VideoMode::Single, _) => (Some(start), None),
                 (VideoMode::References, _) => (None, None),
             };
-            nodes.push(Node {
-                id: format!("segment/{}", shot.id),
-                kind: NodeKind::Segment {
+            nodes.push(Node::new(
+                format!("segment/{}", shot.id),
+                NodeKind::Segment(Segment {
                     shot: i,
                     first,
                     last,
-                },
-                deps: first.into_iter().chain(last).collect(),
-                output: format!("{BUILD_DIR}/segments/{number:03}-{}.mp4", shot.id),
-            });
+                }),
+                format!("{BUILD_DIR}/segments/{number:03}-{}.mp4", shot.id),
+            ));
             segments.push(nodes.len() - 1);
             prev_end = Some(end);
         }
         if let Some(f) = &cfg.final_ {
-            nodes.push(Node {
-                id: "final".into(),
-                kind: NodeKind::Final {
-                    segments: segments.clone(),
-                },
-                deps: segments,
-                output: format!("{BUILD_DIR}/{}", f.output),
-            });
+            nodes.push(Node::new(
+                "final".into(),
+                NodeKind::Final(Final { segments }),
+                format!("{BUILD_DIR}/{}", f.output),
+            ));
         }
         let mut dependents = vec![Vec::new(); nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
@@ -227,7 +168,7 @@ impl Graph {
         let mut roots = BTreeSet::new();
         if targets.is_empty() {
             for (i, n) in self.nodes.iter().enumerate() {
-                if matches!(n.kind, NodeKind::Segment { .. } | NodeKind::Final { .. }) {
+                if n.kind().default_target() {
                     roots.insert(i);
                 }
             }
@@ -257,13 +198,7 @@ impl Graph {
                 .collect()
         };
         let found = match target {
-            "frames" => all(&|n| {
-                matches!(
-                    n.kind,
-                    NodeKind::Frame { .. } | NodeKind::AutoReference { .. }
-                )
-            }),
-            "segments" => all(&|n| matches!(n.kind, NodeKind::Segment { .. })),
+            "frames" | "segments" => all(&|n| n.kind().group() == Some(target)),
             _ => {
                 if let Some(i) = self.index_of(target) {
                     vec![i]

@@ -16,6 +16,7 @@ pub mod filehash;
 pub mod graph;
 pub mod housekeeping;
 pub mod import;
+pub mod kinds;
 pub mod limiter;
 pub mod materialize;
 pub mod media;

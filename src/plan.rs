@@ -11,16 +11,14 @@ use serde::Serialize;
 use crate::backends::{self, FrameGenerator, VideoBackend};
 use crate::error::{ProjectError, ProjectErrors, UsageError};
 use crate::filehash::StatCache;
-use crate::graph::{FrameRole, Graph, NodeKind};
+use crate::graph::Graph;
+use crate::kinds::Pool;
 use crate::materialize::Materializer;
 use crate::models::{self, Lifecycle};
-use crate::prices::{PriceTable, VideoCost};
+use crate::prices::PriceTable;
 use crate::progress::Progress;
-use crate::project::{KeyframePosition, Project, VideoMode};
-use crate::recipe::{
-    self, Body, FinalRecipe, FrameRecipe, ImageRecipe, LastFrameRecipe, Recipe, SegmentRecipe,
-    TakeKeys,
-};
+use crate::project::Project;
+use crate::recipe::{self, Recipe, TakeKeys};
 use crate::stitch;
 use crate::store::{Hit, Remote, Store, Verdict};
 
@@ -150,8 +148,8 @@ pub struct Session {
     pub(crate) frames: Option<Arc<dyn FrameGenerator>>,
     pub(crate) videos: Vec<VideoBackend>,
     pub(crate) refs: Vec<RefFile>,
-    /// blake3 of each shot's start_image, by shot index.
-    start_images: HashMap<usize, String>,
+    /// blake3 of the project's files that recipes hash (a `start_image`), by relative path.
+    files: HashMap<String, String>,
     /// Shared with the no-op fast path, which records the rows the build relied on.
     pub(crate) stats: Arc<Mutex<StatCache>>,
     /// Node id -> key at its last build (what explanations compare against).
@@ -217,15 +215,16 @@ impl Session {
             })?;
             reroll_set.insert(i);
         }
-        let needs_frames = needed.iter().any(|&i| generates_frame(&project, &graph, i));
-        let needs_video = needed
+        let cfg = &project.config;
+        let pools: HashSet<Pool> = needed
             .iter()
-            .any(|&i| matches!(graph.nodes[i].kind, NodeKind::Segment { .. }));
-        let needs_refs = needs_frames
-            || needed.iter().any(|&i| {
-                matches!(graph.nodes[i].kind, NodeKind::Segment { shot, .. }
-                    if project.config.video_mode(shot) == VideoMode::References)
-            });
+            .map(|&i| graph.nodes[i].kind().pool(cfg))
+            .collect();
+        let needs_frames = pools.contains(&Pool::Frames);
+        let needs_video = pools.contains(&Pool::Video);
+        let needs_refs = needed
+            .iter()
+            .any(|&i| graph.nodes[i].kind().uses_references(cfg));
         let mut errors = Vec::new();
         let frames = if needs_frames {
             match backends::frame_backend(&project) {
@@ -261,18 +260,12 @@ impl Session {
                 }
             }
         }
-        let mut start_images = HashMap::new();
+        let mut files = HashMap::new();
         for &i in &needed {
-            if let NodeKind::Frame {
-                shot,
-                role: FrameRole::Start,
-                ..
-            } = graph.nodes[i].kind
-                && let Some(path) = &project.config.shots[shot].start_image
-            {
+            for path in graph.nodes[i].kind().files(&project.config) {
                 match hash_image(&project, &mut stats, Path::new(path)) {
                     Ok(h) => {
-                        start_images.insert(shot, h);
+                        files.insert(path.to_string(), h);
                     }
                     Err(e) => errors.push(e),
                 }
@@ -295,7 +288,7 @@ impl Session {
             frames,
             videos,
             refs,
-            start_images,
+            files,
             stats: Arc::new(Mutex::new(stats)),
             last_keys,
             rerolls: reroll_set,
@@ -455,108 +448,14 @@ impl Session {
                         .help(p.help),
                 );
             }
-            // The registry's prompt length, per frame prompt.
-            for (shot, s) in cfg.shots.iter().enumerate() {
-                for (field, prompt) in [("start", s.start.as_ref()), ("end", Some(&s.end))] {
-                    let chars = prompt.map_or(0, |p| p.chars().count());
-                    if chars > caps.max_prompt_chars {
-                        out.push(
-                            self.project
-                                .error_at(
-                                    &format!("shots.{shot}.{field}"),
-                                    format!(
-                                        "the `{field}` prompt of shot `{}` has {chars} characters; \
-                                         {} ({}) accepts {}",
-                                        s.id,
-                                        f.name(),
-                                        k.model,
-                                        caps.max_prompt_chars
-                                    ),
-                                )
-                                .help("shorten the prompt"),
-                        );
-                    }
-                }
-            }
-            // Input images per request: the references a frame sends, the chained frame, the
-            // auto reference.
-            let mut reported = HashSet::new();
-            for &i in &self.needed {
-                if !generates_frame(&self.project, &self.graph, i) {
-                    continue;
-                }
-                let (shot, input, auto) = match self.graph.nodes[i].kind {
-                    NodeKind::Frame {
-                        shot,
-                        input,
-                        auto_reference,
-                        ..
-                    } => (Some(shot), input.is_some(), auto_reference.is_some()),
-                    _ => (None, false, false),
-                };
-                let refs = shot.map_or(0, |s| self.frame_refs(s).len());
-                let images = refs + usize::from(input) + usize::from(auto);
-                if images <= caps.max_input_images {
-                    continue;
-                }
-                let at = match shot {
-                    Some(s) if cfg.shots[s].references.is_some() => format!("shots.{s}.references"),
-                    _ => "keyframes.references".into(),
-                };
-                if !reported.insert(at.clone()) {
-                    continue;
-                }
-                out.push(
-                    self.project
-                        .error_at(
-                            &at,
-                            format!(
-                                "{} sends {images} images ({refs} reference images{}); {} ({}) \
-                                 takes at most {} in one request",
-                                self.graph.nodes[i].id,
-                                if input { " and the chained frame" } else { "" },
-                                f.name(),
-                                k.model,
-                                caps.max_input_images
-                            ),
-                        )
-                        .help(
-                            "list the references each shot needs under it (`references: [hero, \
-                             lighthouse]`), keep fewer images, or set `chain: false`",
-                        ),
-                );
-            }
         }
+        // What each needed node asks of the backends (one report per problem).
+        let mut seen = HashSet::new();
         for &i in &self.needed {
-            let NodeKind::Segment { shot, .. } = self.graph.nodes[i].kind else {
-                continue;
-            };
-            let s = &cfg.shots[shot];
-            let recipe = self.segment_recipe(shot, None, None);
-            for vb in &self.videos {
-                let caps = vb.generator.capabilities(&vb.model);
-                let r = SegmentRecipe {
-                    model: vb.model.clone(),
-                    ..recipe.clone()
-                };
-                for p in caps.check(vb.generator.name(), &r) {
-                    let per_shot = match p.setting.as_str() {
-                        "duration_seconds" => s.duration_seconds.is_some(),
-                        "seed" => s.seed.is_some(),
-                        "generate_audio" => s.generate_audio.is_some(),
-                        "mode" => s.mode.is_some(),
-                        "references" => s.references.is_some(),
-                        "motion" => true,
-                        _ => false,
-                    };
-                    let at = if per_shot {
-                        format!("shots.{shot}.{}", p.setting)
-                    } else if p.setting == "model" || vb.setting == "video" {
-                        format!("video.{}", p.setting)
-                    } else {
-                        vb.setting.clone()
-                    };
-                    out.push(self.project.error_at(&at, p.message).help(p.help));
+            let node = &self.graph.nodes[i];
+            for p in node.kind().problems(self, &node.id) {
+                if seen.insert(p.key) {
+                    out.push(p.error);
                 }
             }
         }
@@ -564,7 +463,7 @@ impl Session {
     }
 
     /// The reference images a frame of shot `shot` sends: the shot's list, else all of them.
-    fn frame_refs(&self, shot: usize) -> Vec<&RefFile> {
+    pub(crate) fn frame_refs(&self, shot: usize) -> Vec<&RefFile> {
         match &self.project.config.shots[shot].references {
             Some(names) => self
                 .refs
@@ -575,145 +474,24 @@ impl Session {
         }
     }
 
-    /// The recipe of shot `shot`'s segment, given the blobs of the frames it sends. The video
-    /// request is made from it alone, so nothing that changes the video can be missing from
-    /// its key.
-    pub(crate) fn segment_recipe(
-        &self,
-        shot: usize,
-        first: Option<String>,
-        last: Option<String>,
-    ) -> SegmentRecipe {
-        let cfg = &self.project.config;
-        let v = &cfg.video;
-        let s = &cfg.shots[shot];
-        let mode = cfg.video_mode(shot);
-        let frames = match (mode, v.keyframe_position) {
-            (VideoMode::FirstLast, _) => "start+end",
-            (VideoMode::References, _) => "references",
-            (VideoMode::Single, KeyframePosition::Last) => "end",
-            (VideoMode::Single, _) => "start",
-        };
-        let references = if mode == VideoMode::References {
-            cfg.video_references(shot)
-                .iter()
-                .filter_map(|name| {
-                    let r = self.refs.iter().find(|r| &r.name == name)?;
-                    Some((r.name.clone(), r.hash.clone()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        SegmentRecipe {
-            backend: v.backend.clone(),
-            model: v.model.clone(),
-            duration_seconds: s.duration_seconds.unwrap_or(v.duration_seconds),
-            resolution: v.resolution.clone(),
-            aspect_ratio: v.aspect_ratio.clone(),
-            generate_audio: s.generate_audio.unwrap_or(v.generate_audio),
-            negative_prompt: s
-                .negative_prompt
-                .clone()
-                .unwrap_or_else(|| v.negative_prompt.clone()),
-            seed: s.seed.or(v.seed),
-            prompt: s.motion.clone(),
-            frames: frames.into(),
-            first,
-            last,
-            person_generation: v.person_generation.clone(),
-            sample_count: v.sample_count.max(1),
-            references,
-        }
-    }
-
-    /// The recipe of node `i`, given the output blobs of its dependencies.
-    fn recipe_body(&self, i: usize, blobs: &HashMap<usize, String>) -> Body {
-        let cfg = &self.project.config;
-        let k = &cfg.keyframes;
-        let frame = |prompt: String, references: Vec<(String, String)>, input: Option<String>| {
-            Body::Frame(FrameRecipe {
-                backend: k.backend.clone(),
-                model: k.model.clone(),
-                aspect_ratio: k.aspect_ratio.clone(),
-                prompt,
-                references,
-                input,
-                image_size: k.image_size.clone(),
-            })
-        };
-        match &self.graph.nodes[i].kind {
-            NodeKind::AutoReference { shot } => frame(
-                auto_reference_prompt(cfg.shots[*shot].start.as_deref().unwrap_or_default()),
-                Vec::new(),
-                None,
-            ),
-            NodeKind::Frame {
-                shot,
-                role,
-                input,
-                auto_reference,
-            } => {
-                let s = &cfg.shots[*shot];
-                if *role == FrameRole::Start
-                    && let Some(h) = self.start_images.get(shot)
-                {
-                    return Body::Image(ImageRecipe { source: h.clone() });
-                }
-                let prompt = match role {
-                    FrameRole::Start => s.start.clone().unwrap_or_default(),
-                    FrameRole::End => s.end.clone(),
-                };
-                let mut references: Vec<(String, String)> = self
-                    .frame_refs(*shot)
-                    .into_iter()
-                    .map(|r| (r.name.clone(), r.hash.clone()))
-                    .collect();
-                if let Some(a) = auto_reference {
-                    references.push(("auto".into(), blobs[a].clone()));
-                }
-                frame(prompt, references, input.map(|d| blobs[&d].clone()))
-            }
-            NodeKind::Segment { shot, first, last } => Body::Segment(self.segment_recipe(
-                *shot,
-                first.map(|d| blobs[&d].clone()),
-                last.map(|d| blobs[&d].clone()),
-            )),
-            NodeKind::Final { segments } => Body::Final(FinalRecipe {
-                segments: segments.iter().map(|d| blobs[d].clone()).collect(),
-                stitch: stitch::STITCH_VERSION.into(),
-                trims: segments
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(pos, &d)| match self.graph.nodes[d].kind {
-                        NodeKind::Segment { shot, .. } => {
-                            self.project.config.shots[shot].trim.map(|t| (pos, t))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            }),
-            NodeKind::LastFrame { segment, .. } => Body::LastFrame(LastFrameRecipe {
-                video: blobs[segment].clone(),
-                extract: stitch::LAST_FRAME_VERSION.into(),
-            }),
-        }
+    /// blake3 of the project's file `rel` that a recipe hashes (hashed when the session
+    /// opened, for the needed nodes).
+    pub(crate) fn file_hash(&self, rel: &str) -> Option<&String> {
+        self.files.get(rel)
     }
 
     /// Why segment `i` may not be generated yet: the frames it is made from (their blobs in
     /// `blobs`) that are not approved. Empty when it may (or when approval is not required).
     pub(crate) fn unapproved(&self, i: usize, blobs: &HashMap<usize, String>) -> Vec<String> {
-        if !self.project.config.video.require_approval
-            || !matches!(self.graph.nodes[i].kind, NodeKind::Segment { .. })
-        {
+        if !self.project.config.video.require_approval || !self.graph.nodes[i].kind().gated() {
             return Vec::new();
         }
         let mut out = Vec::new();
         for &d in &self.graph.nodes[i].deps {
             let id = &self.graph.nodes[d].id;
-            // A chained start is the previous video's last frame: that video was the thing
-            // to judge.
-            if matches!(self.graph.nodes[d].kind, NodeKind::LastFrame { .. }) {
+            // What is not judged (a chained start: the previous video's last frame, where
+            // that video was the thing to judge) holds nothing back.
+            if !self.graph.nodes[d].kind().judged() {
                 continue;
             }
             match blobs.get(&d).and_then(|b| self.verdicts.get(b)) {
@@ -734,10 +512,9 @@ impl Session {
     /// pay for it under a number that says otherwise).
     fn missing_take(&self, i: usize, pinned: u32, takes: u32) -> ProjectError {
         let node = &self.graph.nodes[i];
-        let (shot, field) = match node.kind {
-            NodeKind::Frame { shot, role, .. } => (shot, format!("{}_take", role.as_str())),
-            NodeKind::Segment { shot, .. } => (shot, "take".to_string()),
-            _ => (0, "take".to_string()),
+        let (shot, field) = match node.kind().pin(&self.project.config) {
+            Some(pin) => (pin.shot, pin.field),
+            None => (0, "take".to_string()),
         };
         self.project
             .error_at(
@@ -760,15 +537,10 @@ impl Session {
 
     /// The take pinned in ttv.yaml for node `i`, if any.
     pub(crate) fn pinned_take(&self, i: usize) -> Option<u32> {
-        let shots = &self.project.config.shots;
-        match self.graph.nodes[i].kind {
-            NodeKind::Frame { shot, role, .. } => match role {
-                FrameRole::Start => shots[shot].start_take,
-                FrameRole::End => shots[shot].end_take,
-            },
-            NodeKind::Segment { shot, .. } => shots[shot].take,
-            _ => None,
-        }
+        self.graph.nodes[i]
+            .kind()
+            .pin(&self.project.config)
+            .and_then(|p| p.take)
     }
 
     /// Whether node `i` was named by `--reroll` or `--force`.
@@ -778,7 +550,7 @@ impl Session {
 
     /// Recipe, key and cache hit of node `i` given its dependencies' blobs.
     pub fn plan_node(&self, i: usize, blobs: &HashMap<usize, String>) -> Result<NodePlan> {
-        let body = self.recipe_body(i, blobs);
+        let body = self.graph.nodes[i].kind().recipe(self, blobs);
         let base = Recipe::new(body, 0);
         let base_json = base.canonical_json();
         let keys = TakeKeys::new(&base_json);
@@ -872,30 +644,22 @@ impl Session {
         let Some(before) = before else {
             return vec!["the recipe of its last build is no longer in the cache".into()];
         };
-        let name = |d: &Option<usize>| d.map(|d| self.graph.nodes[d].id.clone());
-        let upstream = match &node.kind {
-            NodeKind::Frame { input, .. } => recipe::Upstream {
-                input: name(input),
-                ..Default::default()
-            },
-            NodeKind::Segment { first, last, .. } => recipe::Upstream {
-                first: name(first),
-                last: name(last),
-                ..Default::default()
-            },
-            NodeKind::Final { segments } => recipe::Upstream {
-                segments: segments
-                    .iter()
-                    .map(|&d| self.graph.nodes[d].id.clone())
-                    .collect(),
-                ..Default::default()
-            },
-            NodeKind::LastFrame { segment, .. } => recipe::Upstream {
-                input: name(&Some(*segment)),
-                ..Default::default()
-            },
-            NodeKind::AutoReference { .. } => recipe::Upstream::default(),
-        };
+        let upstream = recipe::Upstream(
+            node.kind()
+                .inputs()
+                .into_iter()
+                .map(|input| recipe::UpstreamField {
+                    field: input.field,
+                    words: input.words,
+                    nodes: input
+                        .nodes
+                        .iter()
+                        .map(|&d| self.graph.nodes[d].id.clone())
+                        .collect(),
+                    unless: input.unless,
+                })
+                .collect(),
+        );
         let mut r = recipe::explain(&before, &plan.recipe, &upstream);
         if r.is_empty() {
             r.push("changed".into());
@@ -1034,46 +798,33 @@ impl Session {
 
     /// List price of generating node `i` once (`None`: unknown).
     pub(crate) fn estimate(&self, i: usize) -> Option<f64> {
-        let cfg = &self.project.config;
-        match self.graph.nodes[i].kind {
-            NodeKind::Segment { shot, .. } => {
-                let r = self.segment_recipe(shot, None, None);
-                self.prices
-                    .video(&cfg.video.backend, &cfg.video.model, &video_cost(&r))
-            }
-            _ if generates_frame(&self.project, &self.graph, i) => self.prices.image(
-                &cfg.keyframes.backend,
-                &cfg.keyframes.model,
-                cfg.keyframes.image_size.as_deref(),
-            ),
-            _ => Some(0.0),
-        }
+        self.graph.nodes[i].kind().estimate(self)
     }
 
     /// A rough wall time for the dirty nodes: per backend, waves of `jobs` at a typical latency.
     fn estimate_seconds(&self, dirty: &HashSet<usize>) -> f64 {
         let cfg = &self.project.config;
-        let typical = typical_latency;
-        let frames = dirty
-            .iter()
-            .filter(|&&i| generates_frame(&self.project, &self.graph, i))
-            .count();
-        let segments = dirty
-            .iter()
-            .filter(|&&i| matches!(self.graph.nodes[i].kind, NodeKind::Segment { .. }))
-            .count();
+        let count = |pool: Pool| {
+            dirty
+                .iter()
+                .filter(|&&i| self.graph.nodes[i].kind().pool(cfg) == pool)
+                .count()
+        };
         let waves = |n: usize, jobs: usize| n.div_ceil(jobs.max(1)) as f64;
-        waves(frames, cfg.keyframes.jobs.typical()) * typical(&cfg.keyframes.backend, false)
-            + waves(segments, cfg.video.jobs.typical()) * typical(&cfg.video.backend, true)
+        waves(count(Pool::Frames), cfg.keyframes.jobs.typical())
+            * typical_latency(&cfg.keyframes.backend, false)
+            + waves(count(Pool::Video), cfg.video.jobs.typical())
+                * typical_latency(&cfg.video.backend, true)
     }
 
     /// Fails (with the install command) when the plan needs ffmpeg and it cannot be run.
     pub fn check_tools(&self, report: &Report) -> Result<(), ProjectError> {
         let needs_ffmpeg = report.nodes.iter().any(|n| {
             n.status == Status::Dirty
-                && (n.kind == "final"
-                    || (n.kind == "segment"
-                        && self.videos.iter().any(|v| v.generator.name() == "preview")))
+                && self
+                    .graph
+                    .index_of(&n.id)
+                    .is_some_and(|i| self.graph.nodes[i].kind().needs_ffmpeg(self))
         });
         if needs_ffmpeg {
             stitch::check_ffmpeg()?;
@@ -1102,7 +853,6 @@ pub(crate) fn typical_latency(backend: &str, video: bool) -> f64 {
     }
 }
 
-/// What a segment's price depends on.
 /// The remote cache URL: `TTV_REMOTE_CACHE` (`off` or empty: none) over ttv.yaml's
 /// `cache.remote`.
 pub fn remote_url(project: &Project) -> Result<Option<String>> {
@@ -1117,36 +867,10 @@ pub fn remote_url(project: &Project) -> Result<Option<String>> {
     }
 }
 
-pub(crate) fn video_cost(r: &SegmentRecipe) -> VideoCost {
-    VideoCost {
-        seconds: r.duration_seconds,
-        resolution: r.resolution.clone(),
-        audio: r.generate_audio,
-        samples: r.sample_count,
-    }
-}
-
 fn article(kind: models::Kind) -> &'static str {
     match kind {
         models::Kind::Image => "an",
         _ => "a",
-    }
-}
-
-fn auto_reference_prompt(start: &str) -> String {
-    format!(
-        "A reference image for a film storyboard: show the main characters and the setting clearly, in neutral light. Scene: {start}"
-    )
-}
-
-/// Whether node `i` is made by the frame backend.
-fn generates_frame(project: &Project, graph: &Graph, i: usize) -> bool {
-    match graph.nodes[i].kind {
-        NodeKind::AutoReference { .. } => true,
-        NodeKind::Frame { shot, role, .. } => {
-            role == FrameRole::End || project.config.shots[shot].start_image.is_none()
-        }
-        _ => false,
     }
 }
 

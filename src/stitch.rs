@@ -19,8 +19,6 @@ use crate::store::out_of_space;
 
 /// Stitch settings that define the output; part of the final node's recipe.
 pub const STITCH_VERSION: &str = "concat-v1";
-/// How [`last_frame`] extracts a video's last frame (in its recipe: a new method, a new key).
-pub const LAST_FRAME_VERSION: &str = "ffmpeg-sseof-png-v1";
 
 /// `TTV_FFMPEG`: the ffmpeg binary to run instead of `ffmpeg` on `PATH`.
 pub const FFMPEG_ENV: &str = "TTV_FFMPEG";
@@ -217,18 +215,6 @@ async fn same_streams(segments: &[PathBuf]) -> anyhow::Result<bool> {
     .await?
 }
 
-/// The last frame of `video` as a PNG at `out`: ffmpeg seeks near the end and writes each frame
-/// it decodes over the same file, so the last one stays.
-pub async fn last_frame(video: &Path, out: &Path) -> anyhow::Result<()> {
-    let mut args: Vec<OsString> = ["-y", "-v", "error", "-sseof", "-1.5", "-i"]
-        .map(OsString::from)
-        .into();
-    args.push(video.as_os_str().to_owned());
-    args.extend(["-an", "-update", "1", "-c:v", "png", "-f", "image2"].map(OsString::from));
-    args.push(out.as_os_str().to_owned());
-    run_ffmpeg(&args, "extract the last frame").await
-}
-
 /// Duration of a media file in seconds, as ffprobe reports it.
 pub async fn probe_duration(path: &Path) -> anyhow::Result<f64> {
     let text = run_ffprobe(
@@ -402,7 +388,7 @@ fn output_args(partial: &Path) -> Vec<OsString> {
     args
 }
 
-async fn run_ffmpeg(args: &[OsString], what: &str) -> anyhow::Result<()> {
+pub(crate) async fn run_ffmpeg(args: &[OsString], what: &str) -> anyhow::Result<()> {
     let output = ffmpeg_command()
         .args(args)
         // glibc's malloc gives ffmpeg's heap back to the kernel and grows it again for each of

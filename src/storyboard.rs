@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::backends::gemini::GeminiText;
@@ -19,7 +19,7 @@ use crate::media::Media;
 use crate::models::{self, Kind, Lifecycle};
 use crate::progress::Progress;
 use crate::project::{self, CONFIG_FILE, Config, Shot, Transition, VideoSettings};
-use crate::recipe::{Body, Recipe, StoryboardRecipe};
+use crate::recipe::{Body, Recipe};
 use crate::store::{Action, BuildLock, Hit, Store, Wait, now_secs};
 
 /// The text model a storyboard is drafted with unless another is named.
@@ -33,6 +33,36 @@ const MAX_SHOTS: u32 = 60;
 const INSTRUCTIONS: u32 = 1;
 /// The store's node id of every storyboard generation.
 pub const NODE_ID: &str = "storyboard";
+
+/// A storyboard drafted by a text model from one prompt: not a node of the build graph, but a
+/// cached generation like one. The request is made from these fields alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoryboardRecipe {
+    pub backend: String,
+    pub model: String,
+    pub prompt: String,
+    pub shots: u32,
+    /// The film's length asked for, in seconds.
+    pub seconds: u32,
+    /// The shot durations the video model can make, which the model is asked to choose from.
+    pub durations: Vec<u32>,
+    /// The version of ttv's instructions to the model (its wording is part of the request).
+    pub instructions: u32,
+}
+
+/// A storyboard recipe with every field set.
+#[cfg(test)]
+pub(crate) fn sample() -> Body {
+    Body::Storyboard(StoryboardRecipe {
+        backend: "gemini".into(),
+        model: "gemini-3.5-flash".into(),
+        prompt: "a lighthouse keeper's night".into(),
+        shots: 4,
+        seconds: 24,
+        durations: vec![4, 6, 8],
+        instructions: 1,
+    })
+}
 
 /// What `ttv storyboard` was asked for; unset fields come from `storyboard:` in ttv.yaml.
 #[derive(Debug, Clone, Default)]

@@ -19,9 +19,9 @@ use std::sync::atomic::AtomicU32;
 use async_trait::async_trait;
 
 use crate::error::ProjectError;
+use crate::kinds::SegmentRecipe;
 use crate::models;
 use crate::project::{Project, VeoApi};
-use crate::recipe::SegmentRecipe;
 
 /// An image sent to a backend: already normalized to PNG bytes by the store.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::{GenContext, OperationLog, Pending};
-use crate::recipe::SegmentRecipe;
+use crate::kinds::SegmentRecipe;
 
 /// The `operations` table as a map: key -> (backend, what is pending).
 #[derive(Default)]

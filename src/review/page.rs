@@ -96,7 +96,7 @@ async function post(path, body) {
 
 function media(n) {
   if (!n.blob) return el("div", { class: "missing" }, "not made yet");
-  if (n.kind === "frame") {
+  if (n.image) {
     return el("img", { class: "current", src: "/blob/" + n.blob, alt: n.id });
   }
   return el("video", { class: "current", src: "/blob/" + n.blob, controls: "" });
@@ -113,7 +113,7 @@ function nodeView(n) {
     const takes = el("div", { class: "takes" });
     for (const t of n.takes) {
       const attrs = { "data-take": t.take, title: "take " + t.take + ", " + money(t.cost_usd) };
-      if (n.kind === "frame") {
+      if (n.image) {
         attrs.src = "/blob/" + t.blob;
         attrs.class = "take-thumb" + (t.current ? " is-current" : "");
         const img = el("img", attrs);
@@ -139,14 +139,14 @@ function nodeView(n) {
     for (const r of n.reasons) ul.append(el("li", {}, r));
     box.append(ul);
   }
-  if (n.kind === "frame" && n.blob) {
+  if (n.judged && n.blob) {
     const a = el("button", { class: "approve" }, "Approve");
     a.onclick = () => post("/api/approve", { nodes: [n.id] });
     const r = el("button", { class: "reject" }, "Reject");
     r.onclick = () => post("/api/reject", { nodes: [n.id] });
     box.append(a, r);
   }
-  if (n.kind !== "final") {
+  if (n.generated) {
     const rr = el("button", { class: "reroll" }, "Reroll");
     rr.onclick = () => post("/api/build", { targets: [n.id], reroll: [n.id] });
     box.append(rr);

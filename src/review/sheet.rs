@@ -85,7 +85,7 @@ fn node(html: &mut String, root: &Path, n: &NodeState) {
         .and_then(|o| o.strip_prefix(&prefix))
         .filter(|rel| root.join(BUILD_DIR).join(rel).is_file());
     match file {
-        Some(rel) if n.kind == "frame" => {
+        Some(rel) if n.image => {
             let _ = write!(
                 html,
                 "<img class=\"current\" src=\"{}\" alt=\"{}\">",

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::graph::NodeKind;
+use crate::kinds::Pool;
+use crate::media::Media;
 use crate::plan::{NodeReport, Session, Status};
 use crate::progress::{Progress, Verbosity};
 use crate::project::Project;
@@ -44,8 +45,16 @@ pub struct Prompts {
 pub struct NodeState {
     pub id: String,
     pub kind: &'static str,
-    /// `start`, `end`, `segment` or `final`.
+    /// `start`, `end`, `segment`, `last` (the extracted last frame of chaining mode) or
+    /// `final`.
     pub role: &'static str,
+    /// Its output is an image (else a video).
+    pub image: bool,
+    /// A verdict on it gates what is made from it (`require_approval`): approve and reject
+    /// apply.
+    pub judged: bool,
+    /// Made by a generator: it can be rerolled.
+    pub generated: bool,
     pub status: Status,
     pub reasons: Vec<String>,
     pub cost_usd: f64,
@@ -98,8 +107,9 @@ pub fn state(root: &Path) -> Result<State> {
     };
     let by_id: HashMap<&str, &NodeReport> =
         report.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-    let node_state = |i: usize, role: &'static str| -> Result<Option<NodeState>> {
+    let node_state = |i: usize| -> Result<Option<NodeState>> {
         let node = &session.graph.nodes[i];
+        let kind = node.kind();
         let Some(n) = by_id.get(node.id.as_str()) else {
             return Ok(None);
         };
@@ -107,14 +117,19 @@ pub fn state(root: &Path) -> Result<State> {
             Some(s) => takes_of(s, n)?,
             None => Vec::new(),
         };
-        let verdict = match (n.kind, &n.blob) {
-            ("frame", Some(b)) => verdicts.get(b).map(|v| v.as_str()),
-            _ => None,
-        };
+        let verdict = n
+            .blob
+            .as_ref()
+            .filter(|_| kind.judged())
+            .and_then(|b| verdicts.get(b))
+            .map(|v| v.as_str());
         Ok(Some(NodeState {
             id: n.id.clone(),
             kind: n.kind,
-            role,
+            role: kind.role(),
+            image: kind.media() == Media::Png,
+            judged: kind.judged(),
+            generated: kind.pool(&session.project.config) != Pool::Local,
             status: n.status,
             reasons: n.reasons.clone(),
             cost_usd: n.cost_usd,
@@ -133,17 +148,15 @@ pub fn state(root: &Path) -> Result<State> {
         let mut nodes = Vec::new();
         let mut starts_on = None;
         for (i, node) in session.graph.nodes.iter().enumerate() {
-            let role = match &node.kind {
-                NodeKind::Frame { shot, role, .. } if *shot == s => role.as_str(),
-                NodeKind::Segment { shot, first, .. } if *shot == s => {
-                    starts_on = first
-                        .filter(|&f| session.graph.nodes[f].shot() != Some(s))
-                        .map(|f| session.graph.nodes[f].id.clone());
-                    "segment"
-                }
-                _ => continue,
-            };
-            nodes.extend(node_state(i, role)?);
+            if node.shot() != Some(s) {
+                continue;
+            }
+            if let Some(f) = node.kind().starts_on()
+                && session.graph.nodes[f].shot() != Some(s)
+            {
+                starts_on = Some(session.graph.nodes[f].id.clone());
+            }
+            nodes.extend(node_state(i)?);
         }
         shots.push(ShotState {
             id: shot.id.clone(),
@@ -156,10 +169,8 @@ pub fn state(root: &Path) -> Result<State> {
             nodes,
         });
     }
-    for (i, node) in session.graph.nodes.iter().enumerate() {
-        if matches!(node.kind, NodeKind::Final { .. }) {
-            final_ = node_state(i, "final")?;
-        }
+    if let Some(i) = session.graph.index_of("final") {
+        final_ = node_state(i)?;
     }
     let count = |s: Status| report.nodes.iter().filter(|n| n.status == s).count();
     let round = |v: f64| (v * 1e6).round() / 1e6 + 0.0;

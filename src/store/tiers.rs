@@ -495,8 +495,9 @@ async fn renew(remote: Arc<Remote>, lease: Arc<tokio::sync::Mutex<Lease>>, node:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::FinalRecipe;
     use crate::media::Media;
-    use crate::recipe::{Body, FinalRecipe, Recipe};
+    use crate::recipe::{Body, Recipe};
     use crate::store::RemoteMode;
     use crate::store::tier::BlobTier;
 

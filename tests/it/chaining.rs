@@ -121,3 +121,32 @@ fn the_first_shot_cannot_be_a_chain() {
         .code(2)
         .stderr_contains("the first shot cannot be a chain");
 }
+
+#[test]
+fn the_review_sheet_shows_each_extracted_frame_under_its_shot_and_where_the_next_starts() {
+    let p = chained();
+    p.build_json(&[]);
+    p.ttv(&["review", "--static"]).success();
+    let html = p.read("build/review.html");
+    let section = |shot: &str| -> String {
+        let from = html
+            .find(&format!("data-shot=\"{shot}\""))
+            .unwrap_or_else(|| panic!("no section for {shot}: {html}"));
+        let rest = &html[from..];
+        rest[..rest.find("</section>").unwrap()].to_string()
+    };
+    // The extracted frame is a picture of its own under the shot whose video it comes from,
+    // and the next shot says it starts there.
+    let arrival = section("arrival");
+    assert!(
+        arrival.contains("<img class=\"current\" src=\"frames/001-arrival-last.png\""),
+        "{arrival}"
+    );
+    assert!(
+        section("stairs").contains("starts on frame/arrival/last"),
+        "{html}"
+    );
+    // A cut starts on its own frame.
+    assert!(!section("dawn").contains("starts on"), "{html}");
+    assert!(!html.contains("frames/004-lamp-last.png"), "{html}");
+}
