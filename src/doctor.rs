@@ -83,6 +83,27 @@ pub async fn run(project: &Project) -> Report {
             Ok(format!("backend {} (offline, free)", cfg.keyframes.backend)),
         );
     }
+    // The storyboard's text model, when ttv.yaml asks for drafts.
+    if let Some((backend, model)) = crate::storyboard::configured(cfg)
+        && backend == "gemini"
+    {
+        report.push(format!("model {model}"), registry(&model, Kind::Text));
+        match (key(), &http) {
+            // Said once, by the keyframes' check, when they use Gemini too.
+            (Err(e), _) if cfg.keyframes.backend != "gemini" => {
+                report.push("Gemini API key", Err(e))
+            }
+            (Err(_), _) => {}
+            (Ok(key), Some(http)) => {
+                let found = gemini_models_get(http, &gemini_base, &key, &model).await;
+                report.push(
+                    format!("{model} on the Gemini API (storyboard)"),
+                    found.and_then(|methods| serves(&methods, "generateContent")),
+                );
+            }
+            (Ok(_), None) => {}
+        }
+    }
     let mut videos = vec![(
         cfg.video.backend.clone(),
         cfg.video.api,
@@ -190,9 +211,11 @@ fn registry(model: &str, kind: Kind) -> Result<String, String> {
                 .into(),
         ),
         Some(m) if m.kind != kind => Err(format!(
-            "{} is a {} model, not a {} one",
+            "{} is {} {} model, not {} {} one",
             m.name,
+            m.kind.article(),
             m.kind.as_str(),
+            kind.article(),
             kind.as_str()
         )),
         Some(m) => match m.lifecycle {

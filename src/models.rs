@@ -22,6 +22,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// `a` or `an`, before [`Kind::as_str`].
+    pub fn article(self) -> &'static str {
+        match self {
+            Kind::Image => "an",
+            Kind::Video | Kind::Text => "a",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Image => "image",

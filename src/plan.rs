@@ -379,7 +379,7 @@ impl Session {
                             &at,
                             format!(
                                 "`{model}` is {} {} model, not {} one",
-                                article(m.kind),
+                                m.kind.article(),
                                 m.kind.as_str(),
                                 kind.as_str()
                             ),
@@ -864,13 +864,6 @@ pub fn remote_url(project: &Project) -> Result<Option<String>> {
             Ok(Some(v.trim().to_string()))
         }
         Err(_) => Ok(project.config.cache.remote.clone()),
-    }
-}
-
-fn article(kind: models::Kind) -> &'static str {
-    match kind {
-        models::Kind::Image => "an",
-        _ => "a",
     }
 }
 

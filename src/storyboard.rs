@@ -174,6 +174,18 @@ fn read_config(root: &Path) -> Result<Option<Config>> {
     Ok(Some(project::parse_config(&source)?))
 }
 
+/// The backend and text model `ttv storyboard` uses in a project that has a `storyboard:`
+/// section (what `ttv doctor` checks).
+pub fn configured(config: &Config) -> Option<(String, String)> {
+    let s = config.storyboard.as_ref()?;
+    Some((
+        s.backend
+            .clone()
+            .unwrap_or_else(|| config.keyframes.backend.clone()),
+        s.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
+    ))
+}
+
 /// The recipe of the request: the command line first, then `storyboard:`, then defaults.
 fn recipe_for(config: Option<&Config>, req: &Request) -> Result<StoryboardRecipe> {
     let settings = config

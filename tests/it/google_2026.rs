@@ -319,6 +319,20 @@ fn doctor_checks_everything_for_free() {
         "models.get asked on both routes"
     );
 
+    // With a `storyboard:` section, the text model it drafts with is asked about too.
+    let g = Google::new();
+    g.p.edit_yaml(|s| format!("{s}\nstoryboard:\n  prompt: a lighthouse keeper's night\n"));
+    g.ttv(&["doctor"])
+        .success()
+        .stderr_contains("ok   model gemini-3.5-flash")
+        .stderr_contains(
+            "ok   gemini-3.5-flash on the Gemini API (storyboard): served (generateContent)",
+        );
+    g.p.edit_yaml(|s| format!("{s}  model: gemini-3.1-flash-image\n"));
+    g.ttv(&["doctor"]).code(2).stderr_contains(
+        "FAIL model gemini-3.1-flash-image: Nano Banana 2 is an image model, not a text one",
+    );
+
     // A retired model, a missing credential, a Veo model the Gemini API does not serve.
     let mut g = Google::new();
     g.set("keyframes", "model", "gemini-2.5-flash-image");
