@@ -174,6 +174,10 @@ pub enum Command {
         /// Draft another take instead of the cached one.
         #[arg(long)]
         reroll: bool,
+        /// Use this take of the cached drafts (`ttv takes storyboard` lists them) instead of
+        /// the latest.
+        #[arg(long, value_name = "N", conflicts_with = "reroll")]
+        take: Option<u32>,
     },
     /// Take over a project of the Python TTV pipeline: its pipeline_config.yaml and
     /// enhanced_prompt.json become ttv.yaml (here, or in -C DIR), its reference images
@@ -329,6 +333,9 @@ fn run(cli: &Cli, progress: Progress) -> Result<i32> {
         }
         Command::Approve { targets } => judge(cli, load()?, targets, Verdict::Approved, progress),
         Command::Reject { targets } => judge(cli, load()?, targets, Verdict::Rejected, progress),
+        Command::Takes { node } if node == crate::storyboard::NODE_ID => {
+            storyboard_takes(cli, &root, &progress)
+        }
         Command::Takes { node } => takes(cli, load()?, node, progress),
         Command::Clean { cache, yes } => {
             housekeeping::clean(&root, *cache, *yes, &progress)?;
@@ -387,6 +394,7 @@ fn storyboard(cli: &Cli, progress: &Progress) -> Result<i32> {
         write,
         force,
         reroll,
+        take,
     } = &cli.command
     else {
         unreachable!("called for `ttv storyboard`")
@@ -406,6 +414,7 @@ fn storyboard(cli: &Cli, progress: &Progress) -> Result<i32> {
         model: model.clone(),
         backend: backend.clone(),
         reroll: *reroll,
+        take: *take,
     };
     let mut draft = crate::storyboard::draft(&root, &req, progress)?;
     if *write {
@@ -875,9 +884,53 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
         },
         None => store.actions_of_node(node)?,
     };
+    print_takes(
+        cli,
+        node,
+        &actions,
+        current.as_ref(),
+        store,
+        &session.project.root,
+        &progress,
+    )
+}
+
+/// `ttv takes storyboard`: the drafts of the storyboard ttv.yaml's `storyboard:` asks for (or,
+/// without one, every draft made here); the current one is the latest.
+fn storyboard_takes(cli: &Cli, root: &Path, progress: &Progress) -> Result<i32> {
+    let node = crate::storyboard::NODE_ID;
+    let Some(store) = Store::open_existing(&root.join(project::CACHE_DIR))? else {
+        progress.info("the storyboard has no takes yet (`ttv storyboard` drafts one)");
+        if cli.json {
+            emit(&json!({"node": node, "takes": []}).to_string())?;
+        }
+        return Ok(EXIT_OK);
+    };
+    let (actions, current) = crate::storyboard::takes(root, &store)?;
+    print_takes(
+        cli,
+        node,
+        &actions,
+        current.as_ref(),
+        &store,
+        root,
+        progress,
+    )
+}
+
+/// Lists `actions`, the takes of `node`, marking the `current` key.
+fn print_takes(
+    cli: &Cli,
+    node: &str,
+    actions: &[crate::store::Action],
+    current: Option<&String>,
+    store: &Store,
+    root: &Path,
+    progress: &Progress,
+) -> Result<i32> {
     let file_of = |a: &crate::store::Action| {
         let path = store.blob_path(&a.blob);
-        path.strip_prefix(&session.project.root)
+        path.strip_prefix(root)
             .unwrap_or(&path)
             .display()
             .to_string()
@@ -892,7 +945,7 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
                 "created_at": a.created_at,
                 "backend": a.backend,
                 "cost_usd": a.cost_usd,
-                "current": Some(&a.key) == current.as_ref(),
+                "current": Some(&a.key) == current,
                 "file": file_of(a),
                 "provenance": a.provenance.as_deref()
                     .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
@@ -905,12 +958,8 @@ fn takes(cli: &Cli, project: Project, node: &str, progress: Progress) -> Result<
     if actions.is_empty() {
         progress.println(&format!("{node} has no takes yet"));
     }
-    for a in &actions {
-        let mark = if Some(&a.key) == current.as_ref() {
-            "*"
-        } else {
-            " "
-        };
+    for a in actions {
+        let mark = if Some(&a.key) == current { "*" } else { " " };
         progress.println(&format!(
             "{mark} take {:<3} {}  {:<14} ${:.2}  {}",
             a.take,

@@ -73,6 +73,8 @@ pub struct Request {
     pub model: Option<String>,
     pub backend: Option<String>,
     pub reroll: bool,
+    /// A take of the cached drafts to use instead of the latest.
+    pub take: Option<u32>,
 }
 
 /// A drafted storyboard, and how it was had.
@@ -106,6 +108,29 @@ pub fn draft(root: &Path, req: &Request, progress: &Progress) -> Result<Draft> {
     let base = Recipe::new(Body::Storyboard(recipe.clone()), 0);
     let base_key = base.key();
     let latest = store.latest_take(&base_key)?;
+    if let Some(take) = req.take {
+        let key = Recipe::new(Body::Storyboard(recipe.clone()), take).key();
+        let hit = store.hit(&key)?.ok_or_else(|| {
+            UsageError::new(format!(
+                "take {take} of this storyboard does not exist (it has {}): `ttv takes storyboard` lists them",
+                latest.as_ref().map_or(0, |h| h.take)
+            ))
+        })?;
+        let answer = cached_answer(&store, &hit, progress)
+            .ok_or_else(|| anyhow::anyhow!("take {take} of the storyboard is damaged in .ttv/"))?;
+        progress.info(&format!(
+            "storyboard: take {take} ({} by {}): nothing was asked of the model",
+            recipe.model, hit.backend
+        ));
+        return usable(shape(
+            &answer,
+            &recipe,
+            config.as_ref(),
+            &hit,
+            "cached",
+            0.0,
+        ));
+    }
     if !req.reroll
         && let Some(hit) = &latest
         && let Some(answer) = cached_answer(&store, hit, progress)
@@ -149,6 +174,20 @@ pub fn draft(root: &Path, req: &Request, progress: &Progress) -> Result<Draft> {
     );
     draft.cost_unknown = made.cost_unknown;
     usable(draft)
+}
+
+/// Every take of the storyboard that ttv.yaml's `storyboard:` asks for, and the key of the
+/// latest (what `ttv storyboard` uses); without a `storyboard:` prompt, every draft made here.
+pub fn takes(root: &Path, store: &Store) -> Result<(Vec<Action>, Option<String>)> {
+    let config = read_config(root)?;
+    match recipe_for(config.as_ref(), &Request::default()) {
+        Ok(recipe) => {
+            let base_key = Recipe::new(Body::Storyboard(recipe), 0).key();
+            let current = store.latest_take(&base_key)?.map(|h| h.key);
+            Ok((store.takes(&base_key)?, current))
+        }
+        Err(_) => Ok((store.actions_of_node(NODE_ID)?, None)),
+    }
 }
 
 /// A draft with shots; an answer without any (kept: it was paid for) is an error that says how

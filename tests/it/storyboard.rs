@@ -113,6 +113,30 @@ fn a_storyboard_is_drafted_once_written_built_and_rerolled_on_demand() {
     assert_eq!(fake.count(Route::GenerateContent), 2);
     assert_eq!(reroll["status"], "generated");
     assert_eq!(reroll["take"], 2);
+
+    // The first draft is still there, for nothing; a take never made is refused.
+    let first = storyboard(&p, &fake, &["--take", "1"]);
+    assert_eq!(fake.count(Route::GenerateContent), 2);
+    assert_eq!(
+        (first["status"].as_str(), first["take"].as_u64()),
+        (Some("cached"), Some(1))
+    );
+    assert_eq!(first["shots"], draft["shots"]);
+    run_storyboard(&p, &fake, &["--take", "3"])
+        .code(2)
+        .stderr_contains("take 3 of this storyboard does not exist (it has 2)");
+    let takes = p.ttv(&["--json", "takes", "storyboard"]).success().json();
+    let listed: Vec<u64> = takes["takes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["take"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [1, 2], "{takes:#}");
+    assert!(
+        takes["takes"][0]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{takes:#}"
+    );
 }
 
 #[test]
