@@ -136,6 +136,7 @@ fn find_executable(bin: &OsStr) -> Option<PathBuf> {
 
 /// Concatenates `segments` (MP4 files, in order) into `out`, which appears whole or not at all.
 /// Temporary files go to `tmp_dir`.
+#[cfg(test)]
 pub async fn stitch(
     segments: &[PathBuf],
     out: &Path,

@@ -293,8 +293,8 @@ fn check_model(model: &str) -> Result<()> {
     };
     if m.kind != Kind::Text {
         return Err(UsageError::new(format!(
-            "{model} is a{} {} model; a storyboard needs a text model: {}",
-            if m.kind == Kind::Image { "n" } else { "" },
+            "{model} is {} {} model; a storyboard needs a text model: {}",
+            m.kind.article(),
             m.kind.as_str(),
             models::current(Kind::Text).join(", ")
         ))

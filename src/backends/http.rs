@@ -339,6 +339,7 @@ impl Http {
     }
 
     /// Shortens the first backoff delay (tests against a local server).
+    #[cfg(test)]
     pub fn with_first_delay(mut self, delay: Duration) -> Http {
         self.first_delay = delay;
         self
@@ -346,10 +347,6 @@ impl Http {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or `max_retries` retries are spent.

@@ -226,10 +226,6 @@ impl BlobTier for Store {
         );
         Ok(())
     }
-
-    async fn verify_blob(&self, hash: &str) -> Result<bool> {
-        self.blobs.verify(hash)
-    }
 }
 
 #[async_trait]

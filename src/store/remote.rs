@@ -554,16 +554,6 @@ impl BlobTier for Remote {
             .map_err(|e| self.fail("uploading a blob", &e))?;
         Ok(())
     }
-
-    /// Downloads the blob to hash it (`ttv cache status` and builds do not: a build checks
-    /// what it downloads anyway).
-    async fn verify_blob(&self, hash: &str) -> Result<bool> {
-        let tmp = tempfile::NamedTempFile::new()?.into_temp_path();
-        if !self.read_blob(hash, &tmp).await? {
-            return Ok(false);
-        }
-        Ok(super::hash_file(&tmp)?.0 == hash)
-    }
 }
 
 #[async_trait]

@@ -80,8 +80,6 @@ pub trait BlobTier: Send + Sync {
     async fn read_blob(&self, hash: &str, dest: &Path) -> Result<bool>;
     /// Stores `src`, whose bytes the caller checked hash to `hash`.
     async fn write_blob(&self, hash: &str, src: &Path) -> Result<()>;
-    /// Re-reads the blob: true when its bytes match its name.
-    async fn verify_blob(&self, hash: &str) -> Result<bool>;
 }
 
 /// The action index: which results a recipe has, and operations in flight.

@@ -574,10 +574,19 @@ mod tests {
         let to: [&dyn Tier; 1] = [&remote];
         copy_result(local.tmp_dir(), &local, &to, &a).await.unwrap();
         assert_eq!(remote.blob_size(&h1).await.unwrap(), Some(n1));
-        assert!(remote.verify_blob(&h1).await.unwrap());
+        // The remote's bytes, downloaded and hashed.
+        let holds = |hash: &str| {
+            let (remote, hash) = (&remote, hash.to_string());
+            async move {
+                let tmp = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+                remote.read_blob(&hash, &tmp).await.unwrap()
+                    && crate::store::hash_file(&tmp).unwrap().0 == hash
+            }
+        };
+        assert!(holds(&h1).await);
         let on_disk = shared.path().join("v1/blobs").join(&h1[..2]).join(&h1);
         std::fs::write(&on_disk, &two).unwrap();
-        assert!(!remote.verify_blob(&h1).await.unwrap());
+        assert!(!holds(&h1).await);
         let elsewhere = tempfile::tempdir().unwrap();
         let fresh = Store::open(&elsewhere.path().join(".ttv")).unwrap();
         let back: [&dyn Tier; 1] = [&fresh];
