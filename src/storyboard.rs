@@ -94,6 +94,9 @@ pub struct Draft {
     pub shots: Vec<Shot>,
     /// ttv.yaml, when `--write` wrote the shots there.
     pub written: Option<PathBuf>,
+    /// The request it answers (recorded in ttv.yaml by `--write`).
+    #[serde(skip)]
+    pub recipe: StoryboardRecipe,
 }
 
 /// Drafts (or finds in the cache) the storyboard `req` asks for in the project at `root` (a
@@ -261,10 +264,14 @@ fn recipe_for(config: Option<&Config>, req: &Request) -> Result<StoryboardRecipe
     check_model(&model)?;
     let video = config.map(|c| c.video.clone()).unwrap_or_default();
     let durations = durations_for(&video);
-    let seconds = req.seconds.or(settings.seconds);
-    let shots = req
-        .shots
-        .or(settings.shots)
+    // The film's size is one request: a shot count or a length on the command line replaces
+    // both of ttv.yaml's (which `--write` records together).
+    let (shots, seconds) = if req.shots.is_some() || req.seconds.is_some() {
+        (req.shots, req.seconds)
+    } else {
+        (settings.shots, settings.seconds)
+    };
+    let shots = shots
         .or_else(|| seconds.map(|s| s.div_ceil(video.duration_seconds.max(1)).max(1)))
         .unwrap_or(DEFAULT_SHOTS);
     if !(1..=MAX_SHOTS).contains(&shots) {
@@ -573,7 +580,29 @@ fn shape(
         title: text(answer, "title"),
         shots,
         written: None,
+        recipe: r.clone(),
     }
+}
+
+/// The `storyboard:` section that asks for `r` again in a project whose frames use
+/// `frames_backend`: `ttv storyboard` without arguments then finds the same draft, and the
+/// shots say where they came from. The backend and model are left out where they are what
+/// they would be anyway.
+fn request_yaml(r: &StoryboardRecipe, frames_backend: &str) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let mut out = format!(
+        "storyboard:   # what the shots were drafted from: `ttv storyboard` asks it again, free\n  prompt: {}\n  shots: {}\n  seconds: {}\n",
+        quote(&r.prompt),
+        r.shots,
+        r.seconds
+    );
+    if r.model != DEFAULT_MODEL {
+        out += &format!("  model: {}\n", r.model);
+    }
+    if r.backend != frames_backend {
+        out += &format!("  backend: {}\n", r.backend);
+    }
+    out
 }
 
 /// The shots as the `shots:` section of ttv.yaml (prompts in double quotes, as JSON writes
@@ -621,7 +650,13 @@ pub fn write(root: &Path, draft: &mut Draft, force: bool) -> Result<()> {
         ))
         .into());
     }
-    let mut text = replace_shots(&text, &shots_yaml(&draft.shots));
+    let mut text = replace_section(&text, "shots:", &shots_yaml(&draft.shots));
+    let frames_backend = project::parse_config(&text)?.keyframes.backend;
+    text = replace_section(
+        &text,
+        "storyboard:",
+        &request_yaml(&draft.recipe, &frames_backend),
+    );
     let name = project::slug(&draft.title);
     if fresh && !name.is_empty() {
         text = text.replacen("name: my-film", &format!("name: {name}"), 1);
@@ -634,12 +669,23 @@ pub fn write(root: &Path, draft: &mut Draft, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `text` with its top-level `shots:` section (up to the next top-level key) replaced by
-/// `section`, or `section` appended when there is none.
-fn replace_shots(text: &str, section: &str) -> String {
+/// `text` with its top-level section `key` (up to the next top-level key) replaced by
+/// `section`; when it has none, `section` goes before `shots:`, or at the end.
+fn replace_section(text: &str, key: &str, section: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let top_level = |l: &str| l.starts_with(|c: char| c.is_ascii_alphabetic());
-    let Some(start) = lines.iter().position(|l| l.starts_with("shots:")) else {
+    let Some(start) = lines.iter().position(|l| l.starts_with(key)) else {
+        if let Some(shots) = lines.iter().position(|l| l.starts_with("shots:")) {
+            let mut out = lines[..shots].join("\n");
+            if shots > 0 {
+                out.push('\n');
+            }
+            out.push_str(section);
+            out.push('\n');
+            out.push_str(&lines[shots..].join("\n"));
+            out.push('\n');
+            return out;
+        }
         let sep = if text.is_empty() || text.ends_with('\n') {
             ""
         } else {
@@ -647,16 +693,22 @@ fn replace_shots(text: &str, section: &str) -> String {
         };
         return format!("{text}{sep}{section}");
     };
-    let end = (start + 1..lines.len())
+    let mut end = (start + 1..lines.len())
         .find(|&i| top_level(lines[i]))
         .unwrap_or(lines.len());
+    // The blank lines after the section stay where they are.
+    while end > start + 1 && lines[end - 1].trim().is_empty() {
+        end -= 1;
+    }
     let mut out = lines[..start].join("\n");
     if start > 0 {
         out.push('\n');
     }
     out.push_str(section);
-    if end < lines.len() {
+    if !section.ends_with('\n') {
         out.push('\n');
+    }
+    if end < lines.len() {
         out.push_str(&lines[end..].join("\n"));
         out.push('\n');
     }
@@ -783,17 +835,42 @@ mod tests {
     }
 
     #[test]
-    fn the_shots_section_is_replaced_and_the_rest_kept() {
+    fn a_section_is_replaced_and_the_rest_kept() {
         let text =
             "version: 1\n# my film\nshots:\n  - id: a\n    end: x\n    motion: y\n\nprices: {}\n";
-        let out = replace_shots(text, "shots:\n  - id: b\n");
+        let out = replace_section(text, "shots:", "shots:\n  - id: b\n");
         assert_eq!(
             out,
             "version: 1\n# my film\nshots:\n  - id: b\n\nprices: {}\n"
         );
         assert_eq!(
-            replace_shots("version: 1\n", "shots: []\n"),
+            replace_section("version: 1\n", "shots:", "shots: []\n"),
             "version: 1\nshots: []\n"
         );
+        // A new section goes before the shots; an existing one is replaced where it is.
+        let request = "storyboard:\n  prompt: \"a\"\n";
+        let with = replace_section(&out, "storyboard:", request);
+        assert_eq!(
+            with,
+            "version: 1\n# my film\nstoryboard:\n  prompt: \"a\"\n\nshots:\n  - id: b\n\nprices: {}\n"
+        );
+        let again = replace_section(&with, "storyboard:", "storyboard:\n  prompt: \"b\"\n");
+        assert_eq!(again, with.replace("\"a\"", "\"b\""));
+    }
+
+    #[test]
+    fn the_request_is_recorded_without_what_it_would_be_anyway() {
+        let r = recipe("preview", 3, 18);
+        let yaml = request_yaml(&r, "preview");
+        assert!(
+            !yaml.contains("backend") && !yaml.contains("model"),
+            "{yaml}"
+        );
+        let text = format!("version: 1\n{yaml}shots: []\n");
+        let config = project::parse_config(&text).unwrap();
+        let back = recipe_for(Some(&config), &Request::default()).unwrap();
+        assert_eq!(back.prompt, r.prompt);
+        assert_eq!((back.shots, back.seconds), (3, 18));
+        assert!(request_yaml(&r, "gemini").contains("  backend: preview\n"));
     }
 }

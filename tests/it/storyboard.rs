@@ -137,6 +137,22 @@ fn a_storyboard_is_drafted_once_written_built_and_rerolled_on_demand() {
         takes["takes"][0]["cost_usd"].as_f64().unwrap() > 0.0,
         "{takes:#}"
     );
+    // `--write` recorded the request in ttv.yaml: the latest take is the current one, and the
+    // command without arguments asks for the same draft again, for nothing.
+    assert_eq!(takes["takes"][1]["current"], true, "{takes:#}");
+    let yaml = p.read("ttv.yaml");
+    assert!(
+        yaml.contains("storyboard:") && yaml.contains(&format!("  prompt: \"{PROMPT}\"")),
+        "{yaml}"
+    );
+    let env = fake.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bare = p.ttv_env(&["--json", "storyboard"], &env).success().json();
+    assert_eq!(
+        (bare["status"].as_str(), bare["take"].as_u64()),
+        (Some("cached"), Some(2))
+    );
+    assert_eq!(fake.count(Route::GenerateContent), 2);
 }
 
 #[test]
