@@ -2,15 +2,15 @@
 //!
 //! `FrameGenerator` makes keyframe images, `VideoGenerator` makes segments. Each declares its
 //! capabilities so that a configuration the model cannot serve is refused at plan time, before
-//! any money is spent.
+//! any money is spent. The backends are grouped by service: `google/` (Gemini and Veo, with
+//! their shared HTTP and credentials) and `preview` (offline).
 
-pub mod auth;
-pub mod gemini;
-pub mod http;
+pub mod google;
 pub mod preview;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod veo;
+
+pub use google::{auth, gemini, http, veo};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,9 +13,10 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 use serde_json::{Value, json};
 
+use super::auth;
 use super::http::{CallError, Failure, Http, key_header, report_load, send_json};
-use super::{
-    FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, Provenance, auth,
+use crate::backends::{
+    FrameGenerator, FrameOutput, FrameRequest, GenContext, GenError, ImageInput, Provenance,
 };
 use crate::error::ProjectError;
 use crate::models::{self, ImageCaps};

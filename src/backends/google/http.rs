@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use super::GenError;
+use crate::backends::GenError;
 use crate::secret::Secret;
 
 /// Backoff of the official SDKs: 1 s, doubling, at most 60 s, with jitter.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gcp_auth::TokenProvider;
 use tokio::sync::OnceCell;
 
-use super::GenError;
+use crate::backends::GenError;
 use crate::error::ProjectError;
 use crate::secret::Secret;
 

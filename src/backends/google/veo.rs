@@ -18,7 +18,7 @@ use super::gemini::{self, prepare_image};
 use super::http::{
     CallError, Downloaded, Failure, Http, Resend, download, key_header, report_load, send_json,
 };
-use super::{
+use crate::backends::{
     GenContext, GenError, ImageInput, Pending, Provenance, VideoCaps, VideoGenerator, VideoOutput,
     VideoRequest,
 };
