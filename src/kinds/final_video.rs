@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Body, Input, Kind, Pool, Produce, mismatch};
+use super::{Body, Input, Kind, Pool, Produce, made_by_ffmpeg, mismatch};
 use crate::backends::GenContext;
 use crate::build::{NotProduced, Produced, Runner};
 use crate::media::Media;
@@ -104,16 +104,14 @@ impl Produce for Final {
         let Body::Final(r) = &plan.recipe.body else {
             return Err(mismatch(ctx));
         };
-        let blobs = &run.store;
-        let paths: Vec<PathBuf> = r.segments.iter().map(|h| blobs.blob_path(h)).collect();
-        let tmp = run.temp_file(".mp4")?;
-        stitch::stitch_trimmed(&paths, &r.trims, &tmp, blobs.tmp_dir())
-            .await
-            .map_err(NotProduced::from_error)?;
-        let (h, size) = blobs
-            .put_file(tmp, Media::Mp4)
-            .map_err(NotProduced::from_error)?;
-        Ok(Produced::new(h, size, "ffmpeg", "", 0.0, Media::Mp4))
+        let tmp_dir = run.store.tmp_dir();
+        let paths: Vec<PathBuf> = r.segments.iter().map(|h| run.store.blob_path(h)).collect();
+        made_by_ffmpeg(run, Media::Mp4, ".mp4", |out| async move {
+            stitch::stitch_trimmed(&paths, &r.trims, &out, tmp_dir)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Body, Input, Kind, Pool, Produce, mismatch};
+use super::{Body, Input, Kind, Pool, Produce, made_by_ffmpeg, mismatch};
 use crate::backends::GenContext;
 use crate::build::{NotProduced, Produced, Runner};
 use crate::media::Media;
@@ -81,15 +81,11 @@ impl Produce for LastFrame {
         let Body::LastFrame(r) = &plan.recipe.body else {
             return Err(mismatch(ctx));
         };
-        let tmp = run.temp_file(".png")?;
-        extract(&run.store.blob_path(&r.video), &tmp)
-            .await
-            .map_err(NotProduced::from_error)?;
-        let (h, size) = run
-            .store
-            .put_file(tmp, Media::Png)
-            .map_err(NotProduced::from_error)?;
-        Ok(Produced::new(h, size, "ffmpeg", "", 0.0, Media::Png))
+        let video = run.store.blob_path(&r.video);
+        made_by_ffmpeg(run, Media::Png, ".png", |out| async move {
+            extract(&video, &out).await
+        })
+        .await
     }
 }
 

@@ -248,6 +248,29 @@ impl NodeKind {
     }
 }
 
+/// The production of a derived kind (free, local): `make` has ffmpeg write the output into a
+/// temporary file beside the store (named `*{suffix}`), which the store then takes.
+pub(crate) async fn made_by_ffmpeg<F, Fut>(
+    run: &Runner,
+    media: Media,
+    suffix: &str,
+    make: F,
+) -> Result<Produced, NotProduced>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let tmp = run.temp_file(suffix)?;
+    make(tmp.to_path_buf())
+        .await
+        .map_err(NotProduced::from_error)?;
+    let (h, size) = run
+        .store
+        .put_file(tmp, media)
+        .map_err(NotProduced::from_error)?;
+    Ok(Produced::new(h, size, "ffmpeg", "", 0.0, media))
+}
+
 /// The error of a kind handed a recipe of another kind (a defect, never the user's doing).
 pub(crate) fn mismatch(ctx: &GenContext) -> NotProduced {
     format!(
